@@ -1,0 +1,70 @@
+"""The nanochat base recipe (nanochat@3a5e0bc), sized by default for a 2-core CPU with 8 fake devices.
+
+Depth is the one dial: width, heads and AdamW lrs follow from it. d20 is `model.depth=20
+model.vocab_size=65536 data.seq_len=2048`. Every constant below is nanochat's unless marked.
+"""
+import math
+import os
+
+import sws
+
+
+def get_config() -> sws.Config:
+    c = sws.Config()
+    c.seed = 42  # nanochat
+    c.max_steps = 120  # CPU-sized horizon (nanochat d20: 21,400)
+
+    c.model.depth = 4  # CPU-sized (nanochat speedrun: 20)
+    c.model.width = lambda: 64 * c.model.depth  # nanochat: model_dim = 64 x depth
+    c.model.n_head = lambda: max(1, math.ceil(c.model.width / 128))  # head dim 128
+    c.model.head_dim = lambda: c.model.width // c.model.n_head
+    c.model.n_kv_head = lambda: c.model.n_head  # MHA in v0; GQA/MQA when smaller
+    c.model.vocab_size = 8192  # CPU-sized (nanochat v0: 65,536)
+    c.model.max_seq_len = 2048  # nanochat's sequence length: the rotary table's extent
+    c.model.rope_base = 10000.0
+    c.model.softcap = 15.0
+    c.model.compute_dtype = "float32"  # "bfloat16": bf16 compute over f32 master weights
+    c.model.init_dist = "normal"  # v0: normal; "uniform": symmetric U(-b, b), same std
+
+    c.data.source = "embedded"  # embedded (Python's stdlib sources) | hf | files
+    c.data.hf_name = None  # [path, name], e.g. ["HuggingFaceFW/fineweb-edu", "sample-10BT"]
+    c.data.files = None  # local parquet / jsonl / txt paths or globs
+    c.data.text_column = "text"
+    c.data.seq_len = 256  # CPU-sized (nanochat: 2048)
+    c.data.batch_size = 16  # rows per step over all islands (nanochat: 256 x 2048 = 2^19 tokens)
+    c.data.tokenizer_path = None  # a saved tokenizer.json; otherwise BPE is trained and cached
+    c.data.tokenizer_train_chars = 10_000_000  # nanochat trains on 2B chars; the stdlib is ~31M
+    c.data.cache_dir = os.environ.get("JAXIMUS_CACHE", os.path.expanduser("~/.cache/jaximus"))
+    c.data.prefetch = 2
+
+    c.optimizer.matrix_lr = 0.02
+    c.optimizer.embedding_lr = 0.2
+    c.optimizer.unembedding_lr = 0.004
+    c.optimizer.adam_b1 = 0.8
+    c.optimizer.adam_b2 = 0.95
+    c.optimizer.adam_eps = 1e-10
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.muon_momentum = 0.95
+    c.optimizer.muon_momentum_start = 0.85
+    c.optimizer.muon_momentum_warmup_steps = 300
+    c.optimizer.ns_steps = 5
+    c.optimizer.ns_coeffs = (3.4445, -4.7750, 2.0315)
+    c.optimizer.ns_dtype = "bfloat16"
+    c.optimizer.warmup_steps = 0
+    c.optimizer.warmdown_frac = 0.2
+    c.optimizer.final_lr_frac = 0.0
+
+    c.parallel.replica = 4  # islands
+    c.parallel.fsdp = 2  # devices per island
+    c.parallel.strategy = "fsdp"  # fsdp: weights sharded in the island; dp: replicated
+    c.parallel.cpu_devices = lambda: c.parallel.replica * c.parallel.fsdp
+
+    c.eval.every = 40
+    c.eval.tokens = 65_536  # fixed held-out budget (nanochat: 20 x 2^19)
+
+    c.run.out_dir = "runs"
+    c.run.name = "nanochat"
+    c.log.every = 1
+    c.wandb.mode = "auto"  # online | offline | disabled; auto = online only with an API key
+    c.wandb.project = "jaximus"
+    return c

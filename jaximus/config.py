@@ -1,0 +1,107 @@
+"""Load an experiment folder (config.py, model.py, optimizer.py) and finalize its config.
+
+Everything here runs before JAX initializes, so errors in the command line cost nothing.
+"""
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import sws
+
+from jaximus import UserError
+
+CONTRACT = {
+    "config.py": ["get_config"],
+    "model.py": ["init_model_weights", "make_model_forward"],
+    "optimizer.py": ["make_optimizer"],
+}
+
+
+def _load_module(path: Path) -> ModuleType:
+    name = "jaximus_exp_" + "_".join(path.with_suffix("").parts[-2:])
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_experiment(config_path: str) -> dict[str, ModuleType]:
+    """The experiment's three modules, checked against the contract before anything runs."""
+    path = Path(config_path)
+    if not path.is_file():
+        raise UserError(f"--config {config_path}: no such file; pass experiments/<exp>/config.py")
+    modules = {}
+    for filename, functions in CONTRACT.items():
+        file = path if filename == "config.py" else path.parent / filename
+        if not file.is_file():
+            raise UserError(f"{file}: missing; an experiment folder needs {', '.join(CONTRACT)}")
+        module = _load_module(file.resolve())
+        for fn in functions:
+            if not callable(getattr(module, fn, None)):
+                raise UserError(f"{file}: no function {fn}(); the experiment contract requires it")
+        modules[filename.removesuffix(".py")] = module
+    return modules
+
+
+def finalize_config(config_module: ModuleType, overrides: list[str]) -> sws.FinalConfig:
+    """get_config() with the command line's key=value overrides applied."""
+    builder = config_module.get_config()
+    if not isinstance(builder, sws.Config):
+        raise UserError(f"{config_module.__file__}: get_config() must return an unfinalized sws.Config")
+    for arg in overrides:
+        if "=" not in arg or arg.startswith("-"):
+            raise UserError(f"argument {arg!r}: overrides are written key=value (e.g. max_steps=100)")
+    try:
+        return builder.finalize(overrides)
+    except (sws.OverrideError, sws.FinalizeError, sws.CycleError) as e:
+        raise UserError(f"config: {_first_line(e)}") from None
+
+
+def parse_command_line(argv: list[str]) -> tuple[str, list[str]]:
+    """(config path, overrides) from `--config path [key=value ...]`."""
+    if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
+        raise UserError("usage: python train.py --config experiments/<exp>/config.py [key=value ...]")
+    i = argv.index("--config")
+    return argv[i + 1], argv[:i] + argv[i + 2:]
+
+
+def check_writable(directory: str, key: str) -> None:
+    """Fail before training if `directory` (or the ancestor that would create it) is not writable."""
+    path = Path(directory).absolute()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{key}={directory}: {path} is not a writable directory; choose another {key}")
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def check_config(cfg) -> None:
+    """Config values that every experiment relies on, checked before JAX starts."""
+    p, d = cfg.parallel, cfg.data
+    if cfg.max_steps < 1:
+        raise UserError(f"max_steps={cfg.max_steps}: must be >= 1")
+    islands_devices = p.replica * p.fsdp
+    if p.replica < 1 or p.fsdp < 1:
+        raise UserError(f"parallel.replica={p.replica}, parallel.fsdp={p.fsdp}: both must be >= 1")
+    if d.batch_size < 1 or d.batch_size % islands_devices:
+        raise UserError(f"data.batch_size={d.batch_size}: must split evenly over {p.replica} islands x {p.fsdp} "
+                        f"devices; use a multiple of {islands_devices}")
+    if d.seq_len < 1 or d.seq_len > cfg.model.max_seq_len:
+        raise UserError(f"data.seq_len={d.seq_len}: must be between 1 and model.max_seq_len="
+                        f"{cfg.model.max_seq_len}; lower data.seq_len or raise model.max_seq_len")
+    for key in ("eval.every", "log.every"):
+        section, name = key.split(".")
+        if cfg[section][name] < 1:
+            raise UserError(f"{key}={cfg[section][name]}: must be >= 1")
+    if cfg.eval.tokens < d.batch_size * d.seq_len:
+        raise UserError(f"eval.tokens={cfg.eval.tokens}: must be at least one batch "
+                        f"(data.batch_size x data.seq_len = {d.batch_size * d.seq_len})")
+    if p.cpu_devices != islands_devices:
+        raise UserError(f"parallel.cpu_devices={p.cpu_devices} but parallel.replica x parallel.fsdp = "
+                        f"{islands_devices}; make them equal (or leave cpu_devices unset)")

@@ -1,0 +1,1 @@
+"""Data: sources yield documents, the tokenizer adds BOS, loaders pack rows per island."""

@@ -1,0 +1,79 @@
+"""The run directory: config.json, metrics.jsonl, summary.json, a progress bar, and wandb mirroring them."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from tqdm import tqdm
+
+from jaximus import UserError
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """auto: online with an API key, else offline, so a run never waits on the network."""
+    if mode not in WANDB_MODES:
+        raise UserError(f"wandb.mode={mode!r}: choose one of {', '.join(WANDB_MODES)}")
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunLogger:
+    """Writes <run.out_dir>/<run.name>/ and mirrors every metric to wandb under the same keys."""
+
+    def __init__(self, cfg, config_dict: dict, total_steps: int):
+        self.dir = Path(cfg.run.out_dir) / cfg.run.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.dir / "config.json", json.dumps({**config_dict, "git_commit": git_commit()}, indent=2))
+        self.metrics = open(self.dir / "metrics.jsonl", "a")
+        mode = resolve_wandb_mode(cfg.wandb.mode)
+        self.wandb = None
+        if mode != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(project=cfg.wandb.project, name=cfg.run.name, dir=str(self.dir),
+                                    config=config_dict, mode=mode)
+        self.every = cfg.log.every
+        self.bar = tqdm(total=total_steps, desc=cfg.run.name, dynamic_ncols=True, mininterval=1.0)
+
+    def log(self, metrics: dict) -> None:
+        self.metrics.write(json.dumps(metrics) + "\n")
+        self.metrics.flush()
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
+        shown = {k.split("/")[-1]: v for k, v in metrics.items()
+                 if k in ("train/loss", "val/bpb", "perf/tokens_per_sec")}
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+
+    def advance(self, steps: int = 1) -> None:
+        self.bar.update(steps)
+
+    def write_summary(self, summary: dict) -> None:
+        _atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2))
+        if self.wandb is not None:
+            self.wandb.summary.update(summary)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.metrics.close()
+        if self.wandb is not None:
+            self.wandb.finish()
