@@ -14,9 +14,14 @@ from jax.sharding import PartitionSpec as P
 from jaximus.loss import token_nats
 
 
+def across_islands(reduce, tree):
+    """reduce(tree, "replica"), skipped for one island: XLA rejects a size-1 manual all-reduce."""
+    return tree if jax.lax.axis_size("replica") == 1 else reduce(tree, "replica")
+
+
 def sync_gradients(grads):
     """Synchronous data-parallel: average gradients across islands every step."""
-    return jax.lax.pmean(grads, "replica")
+    return across_islands(jax.lax.pmean, grads)
 
 
 def make_loss_fn(forward):
@@ -63,7 +68,7 @@ def make_eval_step(forward, token_bytes, mesh):
         nbytes = jnp.asarray(token_bytes)[targets]
         sums = jnp.stack([nats.sum(), jnp.where(nbytes > 0, nats, 0.0).sum(),
                           nbytes.sum().astype(jnp.float32), jnp.float32(nats.size)])
-        return jax.lax.psum(sums, "replica")
+        return across_islands(jax.lax.psum, sums)
 
     body = partial(jax.shard_map, mesh=mesh, in_specs=P("replica"), out_specs=P(), axis_names={"replica"})
     return jax.jit(body(lambda params, rows: island_eval(jax.tree.map(lambda x: x[0], params), rows[0])))

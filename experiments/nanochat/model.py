@@ -58,9 +58,9 @@ def init_model_weights(cfg, key) -> dict:
 
 
 def rms_norm(x):
-    """Parameter-free RMSNorm, eps = the dtype's machine epsilon (PyTorch's default)."""
+    """Parameter-free RMSNorm computed in float32, eps = float32's machine epsilon (PyTorch's default)."""
     x32 = x.astype(jnp.float32)
-    eps = jnp.finfo(x.dtype).eps
+    eps = jnp.finfo(jnp.float32).eps
     return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
 
 

@@ -1,0 +1,39 @@
+"""Test environment: 8 fake CPU devices, no network, wandb off, one shared cache (JAX_NOTES §12)."""
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = os.environ.setdefault("JAXIMUS_CACHE", str(ROOT / ".cache" / "test"))
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled",
+                  WANDB_DIR=tempfile.mkdtemp(prefix="jaximus-wandb-"), HF_HOME=str(Path(CACHE) / "hf"))
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from jaximus.config import finalize_config, load_experiment  # noqa: E402
+from jaximus.mesh import enable_compile_cache  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+enable_compile_cache(CACHE)
+
+NANOCHAT = str(ROOT / "experiments" / "nanochat" / "config.py")
+# A model that compiles in about a second: 2 layers, width 128, one head.
+TINY = ["model.depth=2", "model.vocab_size=512", "data.seq_len=32", "data.batch_size=16",
+        "data.tokenizer_train_chars=2000000", "eval.tokens=1024", "eval.every=4", "max_steps=8",
+        "optimizer.ns_dtype='float32'", "data.prefetch=1"]
+
+
+@pytest.fixture(scope="session")
+def nanochat():
+    return load_experiment(NANOCHAT)
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(nanochat):
+    def make(*overrides):
+        return finalize_config(nanochat["config"], [*TINY, *overrides])
+    return make
