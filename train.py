@@ -54,13 +54,13 @@ def train(cfg, exp) -> dict:
               f"({cfg.parallel.strategy}) | {tokens_per_step:,} tokens/step | peak {peak_desc} | "
               f"run dir {logger.dir}", flush=True)
         try:
-            summary = _loop(cfg, batch_sharding(mesh), state, train_step, eval_step, val_batches, loader, logger, schedules,
-                            tokens_per_step, flops_per_token, peak, n_params)
+            summary = _loop(cfg, batch_sharding(mesh), state, train_step, eval_step, val_batches, loader, logger,
+                            schedules, tokens_per_step, flops_per_token, peak, n_params)
+            summary.update(run_info)
+            logger.write_summary(summary)
         finally:
             loader.close()
             logger.close()
-    summary.update(run_info)
-    logger.write_summary(summary)
     return summary
 
 

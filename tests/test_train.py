@@ -1,0 +1,113 @@
+"""The inner loop end to end: equal losses across meshes, one compile, a smoke run, every bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import NANOCHAT, ROOT, TINY
+from jaximus.mesh import batch_sharding, make_mesh
+from jaximus.state import init_island_state
+from jaximus.step import make_train_step
+from train import main
+
+
+def run_steps(nanochat, cfg, rows, steps):
+    """Mean island loss per step for `rows` (steps, B, T+1) on cfg's mesh."""
+    R = cfg.parallel.replica
+    mesh = make_mesh(R, cfg.parallel.fsdp)
+    tx, _, _ = nanochat["optimizer"].make_optimizer(cfg)
+    forward = nanochat["model"].make_model_forward(cfg)
+    with jax.set_mesh(mesh):
+        init = lambda k: nanochat["model"].init_model_weights(cfg, k)  # noqa: E731
+        state, shardings = init_island_state(init, tx, mesh, cfg.parallel.strategy, jax.random.key(0))
+        step = make_train_step(forward, tx, mesh, shardings)
+        losses = []
+        for i in range(steps):
+            batch = jax.device_put(rows[i].reshape(R, -1, rows.shape[-1]), batch_sharding(mesh))
+            state, loss = step(state, batch)
+            losses.append(float(np.mean(loss)))
+        return losses, state, step
+
+
+def test_meshes_agree_and_step_compiles_once(nanochat, tiny_cfg):
+    rows = np.repeat(np.random.default_rng(0).integers(0, 512, (1, 16, 33), dtype=np.int32), 4, axis=0)
+    a, state_a, step_a = run_steps(nanochat, tiny_cfg("parallel.replica=4", "parallel.fsdp=2"), rows, 4)
+    b, state_b, step_b = run_steps(nanochat, tiny_cfg("parallel.replica=1", "parallel.fsdp=8"), rows, 4)
+    c, _, _ = run_steps(nanochat, tiny_cfg("parallel.replica=2", "parallel.fsdp=4", "parallel.strategy='dp'"), rows, 4)
+    # same global batch, same math: only float32 reduction order differs
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    np.testing.assert_allclose(a, c, rtol=1e-5)
+    assert a[-1] < a[0]
+    islands = np.asarray(state_a["params"]["lm_head"])
+    np.testing.assert_array_equal(islands[0], islands[3])  # sync DP keeps islands identical
+    np.testing.assert_allclose(islands[0], np.asarray(state_b["params"]["lm_head"])[0], atol=1e-5)
+    assert step_a._cache_size() == 1 and step_b._cache_size() == 1  # no recompilation after step 1
+    assert state_a["params"]["wte"].sharding.spec == jax.P("replica", "fsdp", None)  # born sharded
+
+
+def test_smoke_run_writes_run_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    rc = main(["--config", NANOCHAT, *TINY, "max_steps=12", f"run.out_dir='{tmp_path}'", "run.name='smoke'"])
+    assert rc == 0, capsys.readouterr().err
+    run = tmp_path / "smoke"
+    config = json.loads((run / "config.json").read_text())
+    assert config["max_steps"] == 12 and "git_commit" in config
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [m for m in metrics if "train/loss" in m]
+    assert [m["step"] for m in train] == list(range(1, 13))
+    assert train[-1]["train/loss"] < train[0]["train/loss"] - 1.0
+    for key in ("tokens", "lr/muon", "perf/tokens_per_sec", "perf/mfu", "comm/cross_island_bytes", "comm/syncs"):
+        assert key in train[-1]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["val/bpb"] < summary["val/bpb_initial"] and summary["steps"] == 12
+    assert [m["step"] for m in metrics if "val/bpb" in m] == [4, 8, 12]
+    assert list((run / "wandb").glob("offline-run-*")), "wandb offline run missing"
+    assert "done | val bpb" in capsys.readouterr().out
+
+
+BAD_INPUTS = [
+    (["bogus.key=1"], "bogus.key"),
+    (["parallel.replica=2", "parallel.fsdp=2"], "parallel.replica x parallel.fsdp"),
+    (["data.batch_size=12"], "data.batch_size=12"),
+    (["data.seq_len=4096"], "data.seq_len=4096"),
+    (["model.vocab_size=100"], "model.vocab_size=100"),
+    (["data.source='hf'", "data.hf_name=['nosuch/dataset', None]"], "data.hf_name"),
+    (["run.out_dir='{tmp}/a_file/runs'"], "run.out_dir"),
+    (["parallel.strategy='tp'"], "parallel.strategy"),
+]
+
+
+@pytest.mark.parametrize("overrides,needle", BAD_INPUTS, ids=[b[1] for b in BAD_INPUTS])
+def test_bad_input_one_line_nothing_written(tmp_path, capsys, overrides, needle):
+    (tmp_path / "a_file").write_text("a file where a directory is needed")
+    overrides = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
+    rc = main(["--config", NANOCHAT, *TINY, f"run.out_dir='{tmp_path}'", *overrides])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and needle in err[0] and err[0].startswith("error: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # no run directory
+
+
+def test_missing_experiment_file_and_function(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "nope.py")]) == 2
+    assert "nope.py: no such file" in capsys.readouterr().err
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "config.py").write_text("def get_config():\n    pass\n")
+    assert main(["--config", str(exp / "config.py")]) == 2
+    assert "model.py: missing" in capsys.readouterr().err
+    (exp / "model.py").write_text("def init_model_weights(c, k):\n    pass\n")
+    (exp / "optimizer.py").write_text("def make_optimizer(c):\n    pass\n")
+    assert main(["--config", str(exp / "config.py")]) == 2
+    assert "no function make_model_forward()" in capsys.readouterr().err
+
+
+def test_cli_error_is_one_line_without_traceback():
+    out = subprocess.run([sys.executable, "train.py", "--config", NANOCHAT, "max_stepz=3"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "max_stepz" in out.stderr
+    assert "Traceback" not in out.stderr
