@@ -2,13 +2,12 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-
 from conftest import NANOCHAT, ROOT, TINY
+
 from jaximus.mesh import batch_sharding, make_mesh
 from jaximus.state import init_island_state
 from jaximus.step import make_train_step

@@ -12,7 +12,7 @@ import sws
 def get_config() -> sws.Config:
     c = sws.Config()
     c.seed = 42  # nanochat
-    c.max_steps = 120  # CPU-sized horizon (nanochat d20: 21,400)
+    c.max_steps = 80  # CPU-sized horizon: under 5 minutes on 2 cores (nanochat d20: 21,400)
 
     c.model.depth = 4  # CPU-sized (nanochat speedrun: 20)
     c.model.width = lambda: 64 * c.model.depth  # nanochat: model_dim = 64 x depth
@@ -59,7 +59,7 @@ def get_config() -> sws.Config:
     c.parallel.strategy = "fsdp"  # fsdp: weights sharded in the island; dp: replicated
     c.parallel.cpu_devices = lambda: c.parallel.replica * c.parallel.fsdp
 
-    c.eval.every = 40
+    c.eval.every = 20
     c.eval.tokens = 65_536  # fixed held-out budget (nanochat: 20 x 2^19)
 
     c.run.out_dir = "runs"

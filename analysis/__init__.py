@@ -1,0 +1,1 @@
+"""Analysis of run directories: plots, tables, the network model."""

@@ -1,0 +1,1 @@
+"""Experiments: each folder holds config.py, model.py, optimizer.py."""

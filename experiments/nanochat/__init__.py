@@ -1,0 +1,1 @@
+"""The nanochat base recipe (nanochat@3a5e0bc)."""
