@@ -48,11 +48,11 @@ def train(cfg, exp) -> dict:
         run_info = {"params": n_params, "flops_per_token": flops_per_token, "peak_flops": peak,
                     "peak_source": peak_desc, "corpus": source.name, "corpus_fingerprint": source.fingerprint,
                     "tokenizer_vocab": tokenizer.vocab_size, "optimizer": resolved}
-        logger = RunLogger(cfg, {**cfg.to_dict(), "resolved": run_info}, cfg.max_steps)
-        loader = TrainLoader(source, tokenizer, T, B // R, list(range(R)), R, prefetch=cfg.data.prefetch)
         print(f"jaximus: {n_params:,} params | {R} islands x {cfg.parallel.fsdp} devices "
               f"({cfg.parallel.strategy}) | {tokens_per_step:,} tokens/step | peak {peak_desc} | "
-              f"run dir {logger.dir}", flush=True)
+              f"run dir {cfg.run.out_dir}/{cfg.run.name}", flush=True)
+        logger = RunLogger(cfg, {**cfg.to_dict(), "resolved": run_info}, cfg.max_steps)
+        loader = TrainLoader(source, tokenizer, T, B // R, list(range(R)), R, prefetch=cfg.data.prefetch)
         try:
             summary = _loop(cfg, batch_sharding(mesh), state, train_step, eval_step, val_batches, loader, logger,
                             schedules, tokens_per_step, flops_per_token, peak, n_params)
@@ -61,6 +61,9 @@ def train(cfg, exp) -> dict:
         finally:
             loader.close()
             logger.close()
+    print(f"jaximus: done | val bpb {summary['val/bpb_initial']:.4f} -> {summary['val/bpb']:.4f} | "
+          f"{summary['perf/tokens_per_sec']:,.0f} tokens/s | compile {summary['compile_s']:.1f}s | "
+          f"run dir {logger.dir}", flush=True)
     return summary
 
 
@@ -94,8 +97,6 @@ def _loop(cfg, batch_sharding, state, train_step, eval_step, val_batches, loader
                "val/bpb_initial": first["val/bpb"], "perf/tokens_per_sec": tokens_per_sec, "perf/step_s": step_s,
                "perf/mfu": mfu(flops_per_token, tokens_per_sec, peak) if flops_per_token else None,
                "comm/cross_island_bytes": grad_bytes * cfg.max_steps, "comm/syncs": cfg.max_steps}
-    print(f"jaximus: done | val bpb {first['val/bpb']:.4f} -> {last['val/bpb']:.4f} | "
-          f"{tokens_per_sec:,.0f} tokens/s | compile {summary['compile_s']:.1f}s | run dir {logger.dir}", flush=True)
     return summary
 
 
