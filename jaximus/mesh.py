@@ -5,7 +5,6 @@ Island state carries a leading replica axis R: leaf shape (R, ...) is sharded P(
 from pathlib import Path
 
 import jax
-import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -55,11 +54,6 @@ def island_shardings(tree, mesh: jax.sharding.Mesh, strategy: str):
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
     """(R, B, T) batches: islands over replica, rows over the island's devices."""
     return NamedSharding(mesh, P("replica", "fsdp"))
-
-
-def device_coords(mesh: jax.sharding.Mesh) -> dict[int, tuple[int, int]]:
-    """Global device id -> (replica index, fsdp index); ids need not be contiguous (JAX_NOTES §5)."""
-    return {int(d.id): idx for idx, d in np.ndenumerate(mesh.devices)}
 
 
 def enable_compile_cache(cache_dir: str) -> None:

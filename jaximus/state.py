@@ -1,7 +1,6 @@
 """Island state: params and inner optimizer state with a leading replica axis, born sharded."""
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding
 
 from jaximus.mesh import island_shardings
 
@@ -20,16 +19,3 @@ def init_island_state(init_weights, tx, mesh, strategy: str, key):
     abstract = jax.eval_shape(all_islands, key)
     shardings = island_shardings(abstract, mesh, strategy)
     return jax.jit(all_islands, out_shardings=shardings)(key), shardings
-
-
-def abstract_island_state(init_weights, tx, mesh, strategy: str, key):
-    """Shapes and shardings of the island state without allocating it (for inspection and parameter counts)."""
-    R = mesh.shape["replica"]
-    one = jax.eval_shape(lambda k: {"params": init_weights(k), "opt_state": tx.init(init_weights(k))}, key)
-    tree = jax.tree.map(lambda x: jax.ShapeDtypeStruct((R, *x.shape), x.dtype), one)
-    shardings = island_shardings(tree, mesh, strategy)
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
-def replicated(mesh) -> NamedSharding:
-    return NamedSharding(mesh, jax.sharding.PartitionSpec())
