@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+# the peer lives beside the repository in the team checkout (shared/bench); --peer-script overrides
 PEER = Path(__file__).resolve().parents[2] / "shared" / "bench" / "torch_gpt_peer.py"
 
 
@@ -71,8 +72,8 @@ def _child(config_path, overrides, steps) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _peer(python: str, cfg_overrides: dict, amp: str, steps: int) -> dict:
-    cmd = [python, str(PEER), "--compile", "--amp", amp, "--steps", str(steps), "--json", *cfg_overrides]
+def _peer(python: str, script: str, cfg_overrides: list, amp: str, steps: int) -> dict:
+    cmd = [python, script, "--compile", "--amp", amp, "--steps", str(steps), "--json", *cfg_overrides]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode:
         sys.exit(f"error: peer failed: {out.stderr.strip().splitlines()[-1:]}")
@@ -89,6 +90,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=1, help="alternate jaximus and peer this many times")
     ap.add_argument("--peer", help="python of a venv with torch: also time the PyTorch peer")
+    ap.add_argument("--peer-script", default=str(PEER), help="path of torch_gpt_peer.py")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args, overrides = ap.parse_known_args(argv)
     if args.child:
@@ -105,7 +107,7 @@ def main(argv=None):
                 print(json.dumps(rows[-1]), flush=True)
             if args.peer:
                 peer_args = ["--depth", "4", "--seq", "256", "--batch", "16", "--vocab", "8192"]
-                rows.append(_peer(args.peer, peer_args, "none" if dtype == "float32" else "bf16", args.steps))
+                rows.append(_peer(args.peer, args.peer_script, peer_args, "none" if dtype == "float32" else "bf16", args.steps))
                 print(json.dumps(rows[-1]), flush=True)
     print(f"\n{'impl':24} {'mesh':10} {'dtype':9} {'tokens/s':>9} {'step ms':>8} {'compile s':>9} {'MFU':>6}")
     for r in rows:

@@ -40,5 +40,5 @@ def make_optimizer(cfg, shard_axis: str | None = None, shard_size: int = 1):
     tx = optax.partition({"muon": muon, "embedding": adamw(lrs["embedding"]),
                           "unembedding": adamw(lrs["unembedding"])}, param_labels)
     schedules = {"lrm": lrm, "muon_momentum": momentum,
-                 **{f"{group}": (lambda s, lr=lr: lr * lrm(s)) for group, lr in lrs.items()}}
+                 **{group: (lambda s, lr=lr: lr * lrm(s)) for group, lr in lrs.items()}}
     return tx, {"lrs": lrs, "width_scale": width_scale}, schedules
