@@ -1,6 +1,7 @@
 """Sources, tokenizer, loader: determinism, disjoint islands, resume, local files, offline hub, bpb."""
 import json
 import math
+import re
 import time
 
 import jax
@@ -63,17 +64,30 @@ def test_loader_deterministic_disjoint_and_resumable(corpus, tokenizer):
     resumed = TrainLoader(corpus, tokenizer, 32, 2, [0, 1, 2, 3], 4, state=json.loads(json.dumps(state)))
     np.testing.assert_array_equal(next(resumed), expected)
     assert batches[0].shape == (4, 2, 33)
-    # islands read disjoint documents, and only training documents
-    seen = []
-    for island in range(4):
-        stream = IslandStream(corpus, tokenizer, island, 4)
-        stream.take(20_000)
-        docs = {k for k, _ in stream._pending} | set(range(stream.doc))
-        seen.append({k for k in docs if stream._mine(k)})
-        assert seen[-1] and not any(is_val(k) for k in seen[-1])
-    assert all(not (seen[i] & seen[j]) for i in range(4) for j in range(i + 1, 4))
+    assert batches[0].shape == (4, 2, 33)
     for loader in (a, b, resumed):
         loader.close()
+
+
+class MarkedDocs:
+    """Documents whose text names their index, so decoded tokens say which document they came from."""
+    name = "marked documents"
+
+    def documents(self, start=0):
+        for k in range(start, 400):
+            yield k, f" doc{k} "
+
+
+def test_islands_read_disjoint_training_documents(tokenizer):
+    source, seen = MarkedDocs(), []
+    for island in range(4):
+        stream = IslandStream(source, tokenizer, island, 4)
+        text = tokenizer.decode(stream.take(2000))
+        seen.append({int(k) for k in re.findall(r"doc(\d+) ", text)})
+    assert all(not (seen[i] & seen[j]) for i in range(4) for j in range(i + 1, 4))
+    union = set().union(*seen)
+    assert union == {k for k in range(400) if not is_val(k)}  # every training document, no validation one
+    assert all(abs(len(s) - len(union) / 4) <= 1 for s in seen)
 
 
 def test_validation_rows_fixed(corpus, tokenizer):

@@ -121,22 +121,13 @@ class TrainLoader:
 
 def validation_rows(source, tokenizer, seq_len: int, num_rows: int) -> np.ndarray:
     """The first num_rows rows of the packed validation documents: the same for every run."""
-    needed, chunks, have = num_rows * (seq_len + 1), [], 0
-    texts = []
-    for k, text in source.documents():
-        if is_val(k):
-            texts.append(text)
-            if len(texts) == ENCODE_CHUNK or sum(len(t) for t in texts) > needed * 8:
-                for t in tokenizer.encode_documents(texts):
-                    chunks.append(t)
-                    have += len(t)
-                texts = []
-            if have >= needed:
-                break
-    for t in tokenizer.encode_documents(texts):
-        chunks.append(t)
-        have += len(t)
-    if have < needed:
-        raise UserError(f"eval.tokens: the validation split of {source.name} holds {have} tokens, fewer than the "
-                        f"{needed} asked for; lower eval.tokens")
+    needed, chunks, have, texts = num_rows * (seq_len + 1), [], 0, []
+    docs = (text for k, text in source.documents() if is_val(k))
+    while have < needed:
+        texts = [t for _, t in zip(range(ENCODE_CHUNK), docs)]
+        if not texts:
+            raise UserError(f"eval.tokens: the validation split of {source.name} holds {have} tokens, fewer than "
+                            f"the {needed} asked for; lower eval.tokens")
+        chunks += tokenizer.encode_documents(texts)
+        have = sum(len(c) for c in chunks)
     return np.concatenate(chunks)[:needed].reshape(num_rows, seq_len + 1)
