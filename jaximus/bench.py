@@ -28,7 +28,7 @@ def measure(config_path: str, overrides: list[str], steps: int) -> dict:
     from jaximus.accounting import mfu, peak_flops
     from jaximus.config import check_config, finalize_config, load_experiment
     from jaximus.mesh import batch_sharding, force_cpu_devices, make_mesh
-    from jaximus.state import init_island_state
+    from jaximus.state import init_state
     from jaximus.step import make_train_step
 
     exp = load_experiment(config_path)
@@ -43,8 +43,9 @@ def measure(config_path: str, overrides: list[str], steps: int) -> dict:
     rng = np.random.default_rng(0)
     with jax.set_mesh(mesh):
         init = lambda k: exp["model"].init_model_weights(cfg, k)  # noqa: E731
-        state, shardings = init_island_state(init, tx, mesh, cfg.parallel.strategy, jax.random.key(0))
-        step = make_train_step(forward, tx, mesh, shardings)
+        full, shardings = init_state(init, tx, mesh, cfg.parallel.strategy, jax.random.key(0))
+        state = full["islands"]
+        step = make_train_step(forward, tx, mesh, shardings["islands"])
         batches = [jax.device_put(rng.integers(0, cfg.model.vocab_size, (R, B // R, T + 1), dtype=np.int32),
                                   batch_sharding(mesh)) for _ in range(4)]
         t = time.perf_counter()

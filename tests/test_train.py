@@ -9,7 +9,7 @@ import pytest
 from conftest import NANOCHAT, ROOT, TINY
 
 from jaximus.mesh import batch_sharding, make_mesh
-from jaximus.state import init_island_state
+from jaximus.state import init_state
 from jaximus.step import make_train_step
 from train import main
 
@@ -22,8 +22,9 @@ def run_steps(nanochat, cfg, rows, steps):
     forward = nanochat["model"].make_model_forward(cfg)
     with jax.set_mesh(mesh):
         init = lambda k: nanochat["model"].init_model_weights(cfg, k)  # noqa: E731
-        state, shardings = init_island_state(init, tx, mesh, cfg.parallel.strategy, jax.random.key(0))
-        step = make_train_step(forward, tx, mesh, shardings)
+        full, shardings = init_state(init, tx, mesh, cfg.parallel.strategy, jax.random.key(0))
+        state = full["islands"]
+        step = make_train_step(forward, tx, mesh, shardings["islands"])
         losses = []
         for i in range(steps):
             batch = jax.device_put(rows[i].reshape(R, -1, rows.shape[-1]), batch_sharding(mesh))

@@ -8,6 +8,8 @@ import os
 
 import sws
 
+from outer_optimizers import add_outer_config
+
 
 def get_config() -> sws.Config:
     c = sws.Config()
@@ -61,6 +63,8 @@ def get_config() -> sws.Config:
 
     c.eval.every = 20
     c.eval.tokens = 65_536  # fixed held-out budget (nanochat: 20 x 2^19)
+
+    add_outer_config(c)  # outer.name=sync: synchronous data-parallel across islands
 
     c.run.out_dir = "runs"
     c.run.name = "nanochat"

@@ -1,0 +1,111 @@
+"""The training loop: inner steps on every island, a scheme's syncs when due, evaluation, logging.
+
+Losses are read one step late so the host never stalls the device; the communication ledger is
+accumulated from the scheme's own byte counts (tests keep them equal to the compiled programs').
+"""
+import math
+import time
+
+import jax
+import numpy as np
+
+from jaximus import UserError
+from jaximus.accounting import mfu
+from jaximus.evaluate import evaluate
+
+
+class Ledger:
+    """Cumulative bytes each island sent across the slow link, and the number of syncs."""
+
+    def __init__(self, scheme, island_abstract):
+        self.scheme, self.island = scheme, island_abstract
+        self.per_step = sum(scheme.step_ledger(island_abstract).values())
+        self.bytes, self.syncs = 0, 0
+
+    def inner_step(self):
+        if self.per_step:
+            self.bytes += self.per_step
+            self.syncs += 1
+
+    def sync(self, groups):
+        self.bytes += sum(self.scheme.ledger(self.island, groups).values())
+        self.syncs += 1
+
+    def metrics(self):
+        return {"comm/cross_island_bytes": self.bytes, "comm/syncs": self.syncs}
+
+
+def eval_params(state):
+    """The outer (global) parameters; sync DP keeps none because its islands never differ."""
+    return state["outer"]["params"] if "params" in state["outer"] else state["islands"]["params"]
+
+
+def run_training(cfg, state, steps, loader, logger, schedules, scheme, ledger, perf):
+    """steps: {"train", "sync", "eval"} callables; perf: tokens_per_step, flops_per_token, peak."""
+    evals = {0: evaluate(steps["eval"], eval_params(state), steps["val_batches"])}
+    clock = {"last": time.perf_counter(), "times": []}
+    pending = None
+    for step in range(cfg.max_steps):
+        islands, loss = steps["train"](state["islands"], jax.device_put(next(loader), steps["batch_sharding"]))
+        state = {**state, "islands": islands}
+        ledger.inner_step()
+        done = step + 1
+        metrics = {"step": done, "tokens": done * perf["tokens_per_step"],
+                   **{f"lr/{k}": float(f(step)) for k, f in schedules.items()}}
+        groups = scheme.due(done)
+        if groups:
+            islands, outer, sync_metrics = steps["sync"](state["islands"], state["outer"], groups)
+            state = {"islands": islands, "outer": outer}
+            ledger.sync(groups)
+            metrics.update(_sync_metrics(sync_metrics, groups, scheme))
+        metrics.update(ledger.metrics())
+        if pending is not None:
+            _report(*pending, logger, clock)  # the previous step, read while this one runs
+        pending = (loss, metrics, perf)
+        if done % cfg.eval.every == 0 or done == cfg.max_steps:
+            _report(*pending, logger, clock)
+            pending = None
+            evals[done] = evaluate(steps["eval"], eval_params(state), steps["val_batches"])
+            logger.log({"step": done, "tokens": done * perf["tokens_per_step"], **evals[done]})
+            clock["last"] = time.perf_counter()  # evaluation time is not step time
+    return state, _summary(cfg, evals, clock, perf, ledger)
+
+
+def _sync_metrics(sync_metrics, groups, scheme) -> dict:
+    out = {"outer/groups": ",".join(sorted(groups)), "outer/lr": scheme.outer_lr()}
+    host = jax.device_get(sync_metrics)
+    if "drift" in host:
+        out.update({"outer/drift": float(np.mean(host["drift"])), "outer/drift_max": float(np.max(host["drift"])),
+                    "outer/pseudo_grad_norm": float(host["pseudo_grad_norm"][0])})
+    return out
+
+
+def _summary(cfg, evals, clock, perf, ledger) -> dict:
+    first_s, steady = clock["times"][0], clock["times"][1:] or clock["times"]
+    step_s = float(np.median(steady))
+    tokens_per_sec = perf["tokens_per_step"] / step_s
+    first, last = evals[0], evals[cfg.max_steps]
+    fpt = perf["flops_per_token"]
+    return {"steps": cfg.max_steps, "tokens": cfg.max_steps * perf["tokens_per_step"],
+            "compile_s": max(0.0, first_s - step_s), "val/loss": last["val/loss"], "val/bpb": last["val/bpb"],
+            "val/bpb_initial": first["val/bpb"], "perf/tokens_per_sec": tokens_per_sec, "perf/step_s": step_s,
+            "perf/mfu": mfu(fpt, tokens_per_sec, perf["peak"]) if fpt else None, **ledger.metrics()}
+
+
+def _report(loss, metrics, perf, logger, clock):
+    """Log one step once its losses are on the host; step time is the gap between completions."""
+    losses = [float(x) for x in loss]
+    now = time.perf_counter()
+    dt, clock["last"] = now - clock["last"], now
+    clock["times"].append(dt)
+    if not all(math.isfinite(x) for x in losses):
+        raise UserError(f"step {metrics['step']}: non-finite training loss {losses}; lower the learning "
+                        "rates or check the data")
+    tokens_per_sec = perf["tokens_per_step"] / dt
+    metrics = {**metrics, "train/loss": sum(losses) / len(losses),
+               **{f"train/island_loss/{r}": x for r, x in enumerate(losses)},
+               "perf/tokens_per_sec": tokens_per_sec,
+               "perf/mfu": mfu(perf["flops_per_token"], tokens_per_sec, perf["peak"]) if perf["flops_per_token"] else None}
+    if metrics["step"] % logger.every == 0 or metrics["step"] == 1:
+        logger.log(metrics)
+    logger.advance()
