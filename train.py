@@ -15,7 +15,7 @@ from jaximus.config import check_config, check_writable, finalize_config, load_e
 from jaximus.data.loader import TrainLoader, validation_rows
 from jaximus.data.sources import open_source
 from jaximus.data.tokenizer import load_tokenizer
-from jaximus.evaluate import split_val_rows
+from jaximus.evaluate import split_val_rows, val_sharding
 from jaximus.log import RunLogger, resolve_wandb_mode
 from jaximus.loop import Ledger, run_training
 from jaximus.mesh import batch_sharding, enable_compile_cache, force_cpu_devices, make_mesh
@@ -51,7 +51,7 @@ def train(cfg, exp) -> dict:
                  "sync": make_sync_step(scheme, mesh, shardings),
                  "eval": make_eval_step(forward, tokenizer.token_bytes, mesh),
                  "batch_sharding": batch_sharding(mesh),
-                 "val_batches": [jax.device_put(b, batch_sharding(mesh)) for b in split_val_rows(val_rows, R, B)]}
+                 "val_batches": jax.device_put(split_val_rows(val_rows, R, B), val_sharding(mesh))}
         run_info = {"params": n_params, "flops_per_token": perf["flops_per_token"], "peak_flops": perf["peak"],
                     "peak_source": peak_desc, "corpus": source.name, "corpus_fingerprint": source.fingerprint,
                     "tokenizer_vocab": tokenizer.vocab_size, "optimizer": resolved,

@@ -3,6 +3,8 @@ import math
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 
 def bits_per_byte(nats_sum: float, bytes_sum: float) -> float:
@@ -10,17 +12,17 @@ def bits_per_byte(nats_sum: float, bytes_sum: float) -> float:
     return nats_sum / (math.log(2) * bytes_sum)
 
 
-def split_val_rows(rows: np.ndarray, num_islands: int, rows_per_call: int) -> list[np.ndarray]:
-    """(N, T+1) rows into calls of (R, rows_per_call / R, T+1); N must be a multiple of rows_per_call."""
-    calls = rows.reshape(-1, rows_per_call, rows.shape[-1])
-    return [c.reshape(num_islands, rows_per_call // num_islands, -1) for c in calls]
+def split_val_rows(rows: np.ndarray, num_islands: int, rows_per_batch: int) -> np.ndarray:
+    """(N, T+1) rows -> (R, N / rows_per_batch, rows_per_batch / R, T+1): island r scores its share of each batch."""
+    batches = rows.reshape(-1, num_islands, rows_per_batch // num_islands, rows.shape[-1])
+    return batches.transpose(1, 0, 2, 3)
 
 
-def evaluate(eval_step, params_R, val_batches) -> dict:
-    """Every island scores its share of each batch with its own parameter copy; sums cross islands."""
-    total = None
-    for batch in val_batches:
-        sums = eval_step(params_R, batch)
-        total = sums if total is None else total + sums
-    nats, byte_nats, nbytes, tokens = (float(x) for x in jax.device_get(total))
+def val_sharding(mesh) -> NamedSharding:
+    return NamedSharding(mesh, P("replica", None, "fsdp"))
+
+
+def evaluate(eval_step, params_R, val_rows) -> dict:
+    """Every island scores its share of the validation rows with its own parameter copy; sums cross islands."""
+    nats, byte_nats, nbytes, tokens = (float(x) for x in jax.device_get(eval_step(params_R, val_rows)))
     return {"val/loss": nats / tokens, "val/bpb": bits_per_byte(byte_nats, nbytes)}

@@ -42,12 +42,17 @@ def eval_params(state):
 
 def run_training(cfg, state, steps, loader, logger, schedules, scheme, ledger, perf):
     """steps: {"train", "sync", "eval"} callables; perf: tokens_per_step, flops_per_token, peak."""
+    # XLA:CPU's fake devices share one thread pool: with two programs in flight, islands that run ahead
+    # block pool threads in a rendezvous the lagging islands need, and the run deadlocks; one at a time
+    serialize = jax.devices()[0].platform == "cpu"
     evals = {0: evaluate(steps["eval"], eval_params(state), steps["val_batches"])}
     clock = {"last": time.perf_counter(), "times": []}
     pending = None
     for step in range(cfg.max_steps):
         islands, loss = steps["train"](state["islands"], jax.device_put(next(loader), steps["batch_sharding"]))
         state = {**state, "islands": islands}
+        if serialize:
+            jax.block_until_ready(islands)
         ledger.inner_step()
         done = step + 1
         metrics = {"step": done, "tokens": done * perf["tokens_per_step"],
@@ -56,6 +61,8 @@ def run_training(cfg, state, steps, loader, logger, schedules, scheme, ledger, p
         if groups:
             islands, outer, sync_metrics = steps["sync"](state["islands"], state["outer"], groups)
             state = {"islands": islands, "outer": outer}
+            if serialize:
+                jax.block_until_ready(state)
             ledger.sync(groups)
             metrics.update(_sync_metrics(sync_metrics, groups, scheme))
         metrics.update(ledger.metrics())

@@ -58,17 +58,26 @@ def make_train_step(forward, tx, mesh, state_shardings, grad_hook=sync_gradients
 
 
 def make_eval_step(forward, token_bytes, mesh):
-    """eval(params_R, rows_RBT1) -> (sum nats, sum nats over byte-bearing targets, sum bytes, tokens)."""
+    """eval(params_R, rows_RNBT1) -> (sum nats, sum nats over byte-bearing targets, sum bytes, tokens).
+
+    One program scans all N validation batches: on CPU, several collective programs in flight at once
+    can deadlock the fake devices' shared thread pool.
+    """
     token_bytes = np.asarray(token_bytes)  # a numpy constant: a captured jax array would carry the outer mesh
 
-    def island_eval(params, rows_BT1):
-        rows_BT1 = jax.lax.with_sharding_constraint(rows_BT1, P("fsdp"))
-        targets = rows_BT1[:, 1:]
-        nats = token_nats(forward(rows_BT1[:, :-1], params), targets)
-        nbytes = jnp.asarray(token_bytes)[targets]
-        sums = jnp.stack([nats.sum(), jnp.where(nbytes > 0, nats, 0.0).sum(),
-                          nbytes.sum().astype(jnp.float32), jnp.float32(nats.size)])
-        return across_islands(jax.lax.psum, sums)
+    def island_eval(params, rows_NBT1):
+        def one_batch(total, rows_BT1):
+            rows_BT1 = jax.lax.with_sharding_constraint(rows_BT1, P("fsdp"))
+            targets = rows_BT1[:, 1:]
+            nats = token_nats(forward(rows_BT1[:, :-1], params), targets)
+            nbytes = jnp.asarray(token_bytes)[targets]
+            sums = jnp.stack([nats.sum(), jnp.where(nbytes > 0, nats, 0.0).sum(),
+                              nbytes.sum().astype(jnp.float32), jnp.float32(nats.size)])
+            return total + sums, None
+
+        zeros = jax.lax.pcast(jnp.zeros(4, jnp.float32), "replica", to="varying")  # the carry differs per island
+        total, _ = jax.lax.scan(one_batch, zeros, rows_NBT1)
+        return across_islands(jax.lax.psum, total)
 
     body = partial(jax.shard_map, mesh=mesh, in_specs=P("replica"), out_specs=P(), axis_names={"replica"})
     return jax.jit(body(lambda params, rows: island_eval(jax.tree.map(lambda x: x[0], params), rows[0])))

@@ -13,8 +13,8 @@ from jaximus import UserError
 from jaximus.data.loader import IslandStream, TrainLoader, validation_rows
 from jaximus.data.sources import EmbeddedCorpus, is_val, open_source, train_rank
 from jaximus.data.tokenizer import load_tokenizer
-from jaximus.evaluate import bits_per_byte, evaluate
-from jaximus.mesh import batch_sharding, make_mesh
+from jaximus.evaluate import bits_per_byte, evaluate, split_val_rows, val_sharding
+from jaximus.mesh import make_mesh
 from jaximus.step import make_eval_step
 
 
@@ -146,7 +146,7 @@ def test_bits_per_byte_hand_computed():
     with jax.set_mesh(mesh):
         step = make_eval_step(forward, token_bytes, mesh)
         params = jax.device_put({"w": jnp.zeros((2,))}, jax.sharding.NamedSharding(mesh, jax.P("replica")))
-        out = evaluate(step, params, [jax.device_put(rows.reshape(2, 4, 5), batch_sharding(mesh))])
+        out = evaluate(step, params, jax.device_put(split_val_rows(rows, 2, 4), val_sharding(mesh)))
     targets = rows[:, 1:].ravel()
     nbytes = token_bytes[targets].sum()  # 4 x ((2 + 3 + 0) + ... ) counted by hand below
     assert nbytes == 4 * (1 + 2 + 3 + 0 + 3 + 3 + 0 + 2)

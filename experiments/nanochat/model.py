@@ -7,6 +7,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _linear_std(fan_in: int, fan_out: int) -> float:
@@ -111,7 +112,8 @@ def make_model_forward(cfg):
     backward of a 3-D one (contracting two batch dims) about 3x slower.
     """
     m = cfg.model
-    cos, sin = rotary_tables(m.max_seq_len, m.head_dim, m.rope_base)
+    # host constants: a jax array captured here would carry whatever mesh was current at creation
+    cos, sin = (np.asarray(t) for t in rotary_tables(m.max_seq_len, m.head_dim, m.rope_base))
     compute_dtype = jnp.dtype(m.compute_dtype)
     softcap = m.softcap
 
