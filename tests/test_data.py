@@ -146,7 +146,7 @@ def test_bits_per_byte_hand_computed():
     with jax.set_mesh(mesh):
         step = make_eval_step(forward, token_bytes, mesh)
         params = jax.device_put({"w": jnp.zeros((2,))}, jax.sharding.NamedSharding(mesh, jax.P("replica")))
-        out = evaluate(step, params, jax.device_put(split_val_rows(rows, 2, 4), val_sharding(mesh)))
+        out = evaluate(step, params, jax.device_put(split_val_rows(rows, 2, 8), val_sharding(mesh)))
     targets = rows[:, 1:].ravel()
     nbytes = token_bytes[targets].sum()  # 4 x ((2 + 3 + 0) + ... ) counted by hand below
     assert nbytes == 4 * (1 + 2 + 3 + 0 + 3 + 3 + 0 + 2)
