@@ -1,0 +1,106 @@
+"""Compile a config's inner and sync steps without training and report, per outer scheme: parameters,
+state bytes per device, FLOPs per token, and cross-island bytes from the ledger next to the HLO's.
+
+    python -m jaximus.inspect --config experiments/diloco_nanochat/config.py [--schemes a,b] [key=value ...]
+"""
+import argparse
+import math
+import sys
+from functools import partial
+
+import jax
+import numpy as np
+
+from jaximus import UserError
+from jaximus.config import check_config, finalize_config, load_experiment
+from jaximus.hlo import cross_island_bytes
+from jaximus.mesh import batch_sharding, force_cpu_devices, make_mesh
+from jaximus.outer import make_sync_step
+from jaximus.state import abstract_state
+from jaximus.step import make_train_step
+from outer_optimizers import SCHEMES, make_scheme
+
+
+def sync_events(scheme, horizon: int = 10_000) -> dict[frozenset, int]:
+    """Each distinct set of synced groups and how often it occurs per inner step (over one full cycle)."""
+    periods = [getattr(scheme, "every", None)] + list(getattr(scheme, "periods", {}).values())
+    cycle = math.lcm(*[p for p in periods if p]) if any(periods) else 1
+    counts: dict[frozenset, int] = {}
+    for step in range(1, min(cycle, horizon) + 1):
+        groups = scheme.due(step)
+        if groups:
+            counts[groups] = counts.get(groups, 0) + 1
+    return {g: n / cycle for g, n in counts.items()}
+
+
+def inspect_scheme(cfg, exp, mesh) -> dict:
+    """Ledger and compiled-HLO cross-island bytes of the inner step and of every kind of sync."""
+    tx, _, _ = exp["optimizer"].make_optimizer(cfg)
+    scheme = make_scheme(cfg, tx)
+    init = partial(exp["model"].init_model_weights, cfg)
+    state, shardings = abstract_state(init, tx, mesh, cfg.parallel.strategy, jax.random.key(0), scheme.init_outer)
+    island = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state["islands"])
+    scheme.check_inner_state(island["opt_state"])
+    R, B, T = mesh.shape["replica"], cfg.data.batch_size, cfg.data.seq_len
+    batch = jax.ShapeDtypeStruct((R, B // R, T + 1), np.int32, sharding=batch_sharding(mesh))
+    with jax.set_mesh(mesh):
+        train = make_train_step(exp["model"].make_model_forward(cfg), tx, mesh, shardings["islands"],
+                                grad_hook=scheme.grad_hook)
+        inner_hlo = train.lower(state["islands"], batch).compile().as_text()
+        sync = make_sync_step(scheme, mesh, shardings)
+        events = []
+        for groups, rate in sync_events(scheme).items():
+            count, measured = cross_island_bytes(sync.build(groups).lower(state["islands"], state["outer"]).compile().as_text(), mesh)
+            events.append({"groups": sorted(groups), "per_step": rate, "ledger": sum(scheme.ledger(island, groups).values()),
+                           "hlo": measured, "collectives": count})
+    inner_count, inner_measured = cross_island_bytes(inner_hlo, mesh)
+    per_device = sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
+                     for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(shardings)))
+    inner_ledger = sum(scheme.step_ledger(island).values())
+    return {"scheme": scheme.name, "params": sum(x.size for x in jax.tree.leaves(island["params"])),
+            "state_bytes_per_device": per_device, "flops_per_token": getattr(exp["model"], "flops_per_token", lambda c: None)(cfg),
+            "inner": {"ledger": inner_ledger, "hlo": inner_measured, "collectives": inner_count}, "syncs": events,
+            "bytes_per_step": inner_ledger + sum(e["ledger"] * e["per_step"] for e in events)}
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.2f} MiB"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--schemes", default=",".join(SCHEMES))
+    args, overrides = ap.parse_known_args(argv)
+    try:
+        exp = load_experiment(args.config)
+        base = finalize_config(exp["config"], overrides)
+        check_config(base)
+        force_cpu_devices(base.parallel.cpu_devices)
+        mesh = make_mesh(base.parallel.replica, base.parallel.fsdp)
+        reports = [inspect_scheme(finalize_config(exp["config"], [*overrides, f"outer.name='{name}'"]), exp, mesh)
+                   for name in args.schemes.split(",")]
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    first = reports[0]
+    print(f"{first['params']:,} params | {first['flops_per_token']:,} FLOPs/token | mesh {base.parallel.replica} islands "
+          f"x {base.parallel.fsdp} devices ({base.parallel.strategy}) | bytes are what one island sends, before the "
+          "all-reduce factor (a ring moves ~2(R-1)/R of it)")
+    print(f"{'scheme':11} {'state/device':>13} {'event':22} {'per step':>8} {'ledger':>13} {'HLO':>13} {'colls':>5} "
+          f"{'amortized/step':>15}")
+    for r in reports:
+        rows = [("inner step", 1.0, r["inner"])] if r["inner"]["ledger"] or r["inner"]["collectives"] else []
+        rows += [("sync " + "+".join(e["groups"]), e["per_step"], e) for e in r["syncs"]]
+        rows = rows or [("inner step", 1.0, r["inner"])]
+        for i, (event, rate, e) in enumerate(rows):
+            head = (f"{r['scheme']:11} {_mib(r['state_bytes_per_device']):>13}" if i == 0 else " " * 25)
+            tail = f"{_mib(r['bytes_per_step']):>15}" if i == 0 else ""
+            print(f"{head} {event:22} {rate:8.3f} {_mib(e['ledger']):>13} {_mib(e['hlo']):>13} {e['collectives']:5} {tail}")
+        if r["syncs"] and r["inner"]["collectives"]:
+            print(f"{'':25} inner step has {r['inner']['collectives']} cross-island collectives!")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
