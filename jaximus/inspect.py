@@ -50,15 +50,17 @@ def inspect_scheme(cfg, exp, mesh) -> dict:
         sync = make_sync_step(scheme, mesh, shardings)
         events = []
         for groups, rate in sync_events(scheme).items():
-            count, measured = cross_island_bytes(sync.build(groups).lower(state["islands"], state["outer"]).compile().as_text(), mesh)
-            events.append({"groups": sorted(groups), "per_step": rate, "ledger": sum(scheme.ledger(island, groups).values()),
-                           "hlo": measured, "collectives": count})
+            hlo = sync.build(groups).lower(state["islands"], state["outer"]).compile().as_text()
+            count, measured = cross_island_bytes(hlo, mesh)
+            events.append({"groups": sorted(groups), "per_step": rate, "hlo": measured, "collectives": count,
+                           "ledger": sum(scheme.ledger(island, groups).values())})
     inner_count, inner_measured = cross_island_bytes(inner_hlo, mesh)
     per_device = sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
                      for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(shardings)))
     inner_ledger = sum(scheme.step_ledger(island).values())
+    flops = getattr(exp["model"], "flops_per_token", lambda c: None)(cfg)
     return {"scheme": scheme.name, "params": sum(x.size for x in jax.tree.leaves(island["params"])),
-            "state_bytes_per_device": per_device, "flops_per_token": getattr(exp["model"], "flops_per_token", lambda c: None)(cfg),
+            "state_bytes_per_device": per_device, "flops_per_token": flops,
             "inner": {"ledger": inner_ledger, "hlo": inner_measured, "collectives": inner_count}, "syncs": events,
             "bytes_per_step": inner_ledger + sum(e["ledger"] * e["per_step"] for e in events)}
 

@@ -13,6 +13,8 @@ from jaximus.state import init_state
 from jaximus.step import make_train_step
 from train import main
 
+DILOCO = str(ROOT / "experiments" / "diloco_nanochat" / "config.py")
+
 
 def run_steps(nanochat, cfg, rows, steps):
     """Mean island loss per step for `rows` (steps, B, T+1) on cfg's mesh."""
@@ -69,6 +71,24 @@ def test_smoke_run_writes_run_directory(tmp_path, capsys, monkeypatch):
     assert "done | val bpb" in capsys.readouterr().out
 
 
+def test_diloco_run_logs_outer_metrics_and_ledger(tmp_path, capsys):
+    rc = main(["--config", DILOCO, *TINY, "max_steps=8", "outer.sync_every=4", f"run.out_dir='{tmp_path}'",
+               "run.name='d'"])
+    assert rc == 0, capsys.readouterr().err
+    metrics = [json.loads(line) for line in (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()]
+    syncs = [m for m in metrics if "outer/drift" in m]
+    assert [m["step"] for m in syncs] == [4, 8]
+    for m in syncs:
+        assert m["outer/drift"] > 0 and m["outer/pseudo_grad_norm"] > 0 and m["outer/lr"] == 0.7
+        assert m["outer/drift_max"] >= m["outer/drift"]
+    train = [m for m in metrics if "train/loss" in m]
+    assert all(f"train/island_loss/{r}" in train[-1] for r in range(4))
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert summary["comm/syncs"] == 2
+    assert summary["comm/cross_island_bytes"] == 2 * summary["ledger"]["per_sync"]["params"] == 2 * 4 * summary["params"]
+    assert [m["comm/cross_island_bytes"] for m in train][3:5] == [summary["ledger"]["per_sync"]["params"]] * 2
+
+
 BAD_INPUTS = [
     (["bogus.key=1"], "bogus.key"),
     (["parallel.replica=2", "parallel.fsdp=2"], "parallel.replica x parallel.fsdp"),
@@ -78,6 +98,8 @@ BAD_INPUTS = [
     (["data.source='hf'", "data.hf_name=['nosuch/dataset', None]"], "data.hf_name"),
     (["run.out_dir='{tmp}/a_file/runs'"], "run.out_dir"),
     (["parallel.strategy='tp'"], "parallel.strategy"),
+    (["outer.name='fedfoo'"], "outer.name='fedfoo'"),
+    (["outer.name='diloco'", "outer.sync_every=0"], "outer.sync_every=0"),
 ]
 
 
