@@ -122,6 +122,17 @@ class Scheme:
         return None
 
 
+class PeriodicScheme(Scheme):
+    """Syncs all of its groups every outer.sync_every (H) inner steps."""
+
+    def __init__(self, outer_cfg, inner_tx):
+        super().__init__(outer_cfg, inner_tx)
+        self.every = check_period("sync_every", outer_cfg.sync_every)
+
+    def due(self, done):
+        return frozenset(self.groups) if done % self.every == 0 else frozenset()
+
+
 def average_groups(island: dict, outer: dict, groups: frozenset[str]):
     """Replace params and/or moment buffers by their mean over islands (Local SGD, Local Adam, DES-LOC)."""
     metrics = {}

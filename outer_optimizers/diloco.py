@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from jaximus import UserError
-from outer_optimizers.base import Scheme, check_period, island_mean, tree_norm
+from outer_optimizers.base import PeriodicScheme, island_mean, tree_norm
 
 
 def make_outer_optimizer(outer_cfg) -> optax.GradientTransformation:
@@ -35,17 +35,13 @@ def outer_step(outer_tx, island_params, outer: dict):
     return new, {"params": new, "opt_state": opt_state}, {"drift": tree_norm(delta), "pseudo_grad_norm": tree_norm(mean_delta)}
 
 
-class DiLoCo(Scheme):
+class DiLoCo(PeriodicScheme):
     name = "diloco"
     groups = ("params",)
 
     def __init__(self, outer_cfg, inner_tx):
         super().__init__(outer_cfg, inner_tx)
-        self.every = check_period("sync_every", outer_cfg.sync_every)
         self.outer_tx = make_outer_optimizer(outer_cfg)
-
-    def due(self, done):
-        return frozenset({"params"}) if done % self.every == 0 else frozenset()
 
     def init_outer(self, params):
         return {"params": params, "opt_state": self.outer_tx.init(params)}

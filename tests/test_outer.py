@@ -154,3 +154,14 @@ def test_moment_schemes_need_moments(tiny_cfg, name):
     with pytest.raises(UserError, match=f"outer.name={name}: syncs optimizer moment buffers"):
         scheme.check_inner_state(optax.sgd(0.1).init({"w": jnp.zeros(3)}))
     make_scheme(tiny_cfg("outer.name='diloco'"), optax.sgd(0.1)).check_inner_state(())  # DiLoCo needs none
+
+
+def test_local_sgd_reset_inner_optimizer(nanochat, tiny_cfg):
+    kept, _ = simulate(nanochat, tiny_cfg("outer.name='local_sgd'", "outer.sync_every=2"), 2)
+    reset, _ = simulate(nanochat, tiny_cfg("outer.name='local_sgd'", "outer.sync_every=2", "outer.reset_inner_opt=True"), 2)
+    momentum = lambda s: s["islands"]["opt_state"].inner_states["muon"].inner_state[0].momentum  # noqa: E731
+    assert all(not np.any(x) for x in jax.tree.leaves(momentum(reset)))  # Photon's reset: fresh state
+    assert any(np.any(x) for x in jax.tree.leaves(momentum(kept)))
+    assert np.any(kept["islands"]["opt_state"].inner_states["unembedding"].inner_state[0].mu["lm_head"])
+    assert not np.any(reset["islands"]["opt_state"].inner_states["unembedding"].inner_state[0].mu["lm_head"])
+    assert_trees_close(reset["islands"]["params"], kept["islands"]["params"], rtol=1e-6)
