@@ -3,21 +3,24 @@
 Wires an experiment (config, model, optimizer) and an outer scheme to the mesh, the data, the
 compiled steps and the run directory; the pieces live in jaximus/ and outer_optimizers/.
 """
+import json
 import math
 import sys
 from functools import partial
+from pathlib import Path
 
 import jax
 
 from jaximus import UserError
 from jaximus.accounting import peak_flops
+from jaximus.checkpoint import Checkpointer, abstract_like, clear, frozen_differences
 from jaximus.config import check_config, check_writable, finalize_config, load_experiment, parse_command_line
 from jaximus.data.loader import TrainLoader, validation_rows
 from jaximus.data.sources import open_source
 from jaximus.data.tokenizer import load_tokenizer
 from jaximus.evaluate import split_val_rows, val_sharding
 from jaximus.log import RunLogger, resolve_wandb_mode
-from jaximus.loop import Ledger, run_training
+from jaximus.loop import Interrupted, Ledger, run_training
 from jaximus.mesh import batch_sharding, enable_compile_cache, force_cpu_devices, make_mesh
 from jaximus.outer import make_sync_step
 from jaximus.state import abstract_state, init_state
@@ -27,7 +30,10 @@ from outer_optimizers import make_scheme
 
 def train(cfg, exp) -> dict:
     mesh = make_mesh(cfg.parallel.replica, cfg.parallel.fsdp)
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
     check_writable(cfg.run.out_dir, "run.out_dir")
+    check_writable(str(run_dir / "checkpoints"), "run.out_dir")
+    resuming = check_resume(cfg, run_dir)
     resolve_wandb_mode(cfg.wandb.mode)
     tx, resolved, schedules = exp["optimizer"].make_optimizer(cfg)
     scheme = make_scheme(cfg, tx)
@@ -60,20 +66,55 @@ def train(cfg, exp) -> dict:
         print(f"jaximus: {n_params:,} params | {R} islands x {cfg.parallel.fsdp} devices ({cfg.parallel.strategy}) | "
               f"outer {scheme.name} | {perf['tokens_per_step']:,} tokens/step | peak {peak_desc} | "
               f"run dir {cfg.run.out_dir}/{cfg.run.name}", flush=True)
-        logger = RunLogger(cfg, {**cfg.to_dict(), "resolved": run_info}, cfg.max_steps)
-        loader = TrainLoader(source, tokenizer, T, B // R, list(range(R)), R, prefetch=cfg.data.prefetch)
+        checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep)
+        restored = checkpointer.restore(abstract_like(state), _resume_step(cfg)) if resuming else None
+        if restored:
+            step, state, meta = restored
+            print(f"jaximus: resuming from step {step} ({run_dir / 'checkpoints'})", flush=True)
+            if step >= cfg.max_steps:
+                checkpointer.close()
+                print(f"jaximus: already complete at step {step}; raise max_steps to train further", flush=True)
+                return json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+        logger = RunLogger(cfg, {**cfg.to_dict(), "resolved": run_info}, cfg.max_steps,
+                           resume_step=restored[0] if restored else 0)
+        loader = TrainLoader(source, tokenizer, T, B // R, list(range(R)), R, prefetch=cfg.data.prefetch,
+                             state=restored[2]["loader"] if restored else None)
         try:
             _, summary = run_training(cfg, state, steps, loader, logger, schedules, scheme,
-                                      Ledger(scheme, island_abstract), perf)
+                                      Ledger(scheme, island_abstract), perf, checkpointer,
+                                      resumed=(restored[0], restored[2]) if restored else None)
             summary.update(run_info)
             logger.write_summary(summary)
         finally:
             loader.close()
             logger.close()
+            checkpointer.close()
     print(f"jaximus: done | val bpb {summary['val/bpb_initial']:.4f} -> {summary['val/bpb']:.4f} | "
           f"{summary['perf/tokens_per_sec']:,.0f} tokens/s | {summary['comm/cross_island_bytes'] / 2**20:,.1f} MiB "
           f"cross-island in {summary['comm/syncs']} syncs | run dir {logger.dir}", flush=True)
     return summary
+
+
+def _resume_step(cfg) -> int | None:
+    return cfg.run.resume if isinstance(cfg.run.resume, int) else None
+
+
+def check_resume(cfg, run_dir: Path) -> bool:
+    """Whether to restore; fails, before anything is written, on a frozen key changed since the checkpoints."""
+    mode = cfg.run.resume
+    if mode not in ("auto", "fresh") and not (isinstance(mode, int) and not isinstance(mode, bool) and mode >= 0):
+        raise UserError(f"run.resume={mode!r}: use auto (latest checkpoint), fresh (start over) or a step number")
+    if mode == "fresh":
+        clear(run_dir / "checkpoints")
+        return False
+    saved = run_dir / "config.json"
+    if not (run_dir / "checkpoints").is_dir() or not saved.exists():
+        return False
+    changed = frozen_differences(json.loads(saved.read_text()), cfg.to_dict())
+    if changed:
+        raise UserError(f"{run_dir}: its checkpoints come from another config; changed: {'; '.join(changed)}. "
+                        "Use another run.name, or run.resume=fresh to start over")
+    return True
 
 
 def main(argv: list[str]) -> int:
@@ -88,6 +129,9 @@ def main(argv: list[str]) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"jaximus: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -37,12 +37,21 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """A resumed run continues metrics.jsonl from its checkpoint: later lines (or all, on a fresh start) go."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    _atomic_write(path, "".join(line + "\n" for line in kept))
+
+
 class RunLogger:
     """Writes <run.out_dir>/<run.name>/ and mirrors every metric to wandb under the same keys."""
 
-    def __init__(self, cfg, config_dict: dict, total_steps: int):
+    def __init__(self, cfg, config_dict: dict, total_steps: int, resume_step: int = 0):
         self.dir = Path(cfg.run.out_dir) / cfg.run.name
         self.dir.mkdir(parents=True, exist_ok=True)
+        _keep_metrics_until(self.dir / "metrics.jsonl", resume_step)
         _atomic_write(self.dir / "config.json", json.dumps({**config_dict, "git_commit": git_commit()}, indent=2))
         self.metrics = open(self.dir / "metrics.jsonl", "a")
         mode = resolve_wandb_mode(cfg.wandb.mode)

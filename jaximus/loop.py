@@ -4,6 +4,9 @@ Losses are read one step late so the host never stalls the device; the communica
 accumulated from the scheme's own byte counts (tests keep them equal to the compiled programs').
 """
 import math
+import os
+import signal
+import sys
 import time
 
 import jax
@@ -40,42 +43,94 @@ def eval_params(state):
     return state["outer"]["params"] if "params" in state["outer"] else state["islands"]["params"]
 
 
-def run_training(cfg, state, steps, loader, logger, schedules, scheme, ledger, perf):
-    """steps: {"train", "sync", "eval"} callables; perf: tokens_per_step, flops_per_token, peak."""
+class Interrupt:
+    """First SIGINT/SIGTERM: finish the current step, checkpoint, exit. A second one exits at once."""
+
+    def __init__(self):
+        self.signum = None
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+        print(f"\njaximus: {signal.Signals(signum).name}: stopping at the next step boundary "
+              "(send it again to exit now)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def run_training(cfg, state, steps, loader, logger, schedules, scheme, ledger, perf, checkpointer, resumed=None):
+    """steps: {"train", "sync", "eval"} callables; perf: tokens_per_step, flops_per_token, peak.
+
+    resumed: (step, meta) of the checkpoint `state` came from, or None for a fresh start.
+    """
     # XLA:CPU's fake devices share one thread pool: with two programs in flight, islands that run ahead
     # block pool threads in a rendezvous the lagging islands need, and the run deadlocks; one at a time
     serialize = jax.devices()[0].platform == "cpu"
-    evals = {0: evaluate(steps["eval"], eval_params(state), steps["val_batches"])}
+    first, evals = 0, None
+    if resumed:
+        first, meta = resumed
+        evals = {int(k): v for k, v in meta["evals"].items()}
+        ledger.bytes, ledger.syncs = meta["ledger"]["bytes"], meta["ledger"]["syncs"]
+        logger.advance(first)
+    else:
+        evals = {0: evaluate(steps["eval"], eval_params(state), steps["val_batches"])}
     clock = {"last": time.perf_counter(), "times": []}
     pending = None
-    for step in range(cfg.max_steps):
-        islands, loss = steps["train"](state["islands"], jax.device_put(next(loader), steps["batch_sharding"]))
-        state = {**state, "islands": islands}
-        if serialize:
-            jax.block_until_ready(islands)
-        ledger.inner_step()
-        done = step + 1
-        metrics = {"step": done, "tokens": done * perf["tokens_per_step"],
-                   **{f"lr/{k}": float(f(step)) for k, f in schedules.items()}}
-        groups = scheme.due(done)
-        if groups:
-            islands, outer, sync_metrics = steps["sync"](state["islands"], state["outer"], groups)
-            state = {"islands": islands, "outer": outer}
+    with Interrupt() as interrupt:
+        for step in range(first, cfg.max_steps):
+            islands, loss = steps["train"](state["islands"], jax.device_put(next(loader), steps["batch_sharding"]))
+            state = {**state, "islands": islands}
             if serialize:
-                jax.block_until_ready(state)
-            ledger.sync(groups)
-            metrics.update(_sync_metrics(sync_metrics, groups, scheme))
-        metrics.update(ledger.metrics())
-        if pending is not None:
-            _report(*pending, logger, clock)  # the previous step, read while this one runs
-        pending = (loss, metrics, perf)
-        if done % cfg.eval.every == 0 or done == cfg.max_steps:
-            _report(*pending, logger, clock)
-            pending = None
-            evals[done] = evaluate(steps["eval"], eval_params(state), steps["val_batches"])
-            logger.log({"step": done, "tokens": done * perf["tokens_per_step"], **evals[done]})
-            clock["last"] = time.perf_counter()  # evaluation time is not step time
+                jax.block_until_ready(islands)
+            ledger.inner_step()
+            done = step + 1
+            metrics = {"step": done, "tokens": done * perf["tokens_per_step"],
+                       **{f"lr/{k}": float(f(step)) for k, f in schedules.items()}}
+            groups = scheme.due(done)
+            if groups:
+                islands, outer, sync_metrics = steps["sync"](state["islands"], state["outer"], groups)
+                state = {"islands": islands, "outer": outer}
+                if serialize:
+                    jax.block_until_ready(state)
+                ledger.sync(groups)
+                metrics.update(_sync_metrics(sync_metrics, groups, scheme))
+            metrics.update(ledger.metrics())
+            if pending is not None:
+                _report(*pending, logger, clock)  # the previous step, read while this one runs
+            pending = (loss, metrics, perf)
+            last = done == cfg.max_steps
+            if done % cfg.eval.every == 0 or last:
+                _report(*pending, logger, clock)
+                pending = None
+                evals[done] = evaluate(steps["eval"], eval_params(state), steps["val_batches"])
+                logger.log({"step": done, "tokens": done * perf["tokens_per_step"], **evals[done]})
+                clock["last"] = time.perf_counter()  # evaluation time is not step time
+            if done % cfg.checkpoint.every == 0 or last or interrupt.signum:
+                if pending is not None:  # every logged step is covered by the checkpoint that follows it
+                    _report(*pending, logger, clock)
+                    pending = None
+                checkpointer.save(done, state, {"step": done, "loader": loader.state(), "evals": evals,
+                                                "ledger": {"bytes": ledger.bytes, "syncs": ledger.syncs}})
+            if interrupt.signum and not last:
+                checkpointer.wait()
+                raise Interrupted(interrupt.signum, done)
     return state, _summary(cfg, evals, clock, perf, ledger)
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"{signal.Signals(signum).name} at step {step}: checkpoint saved; rerun the same command "
+                         "to resume")
+        self.exit_code = 128 + signum
 
 
 def _sync_metrics(sync_metrics, groups, scheme) -> dict:

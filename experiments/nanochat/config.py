@@ -68,6 +68,9 @@ def get_config() -> sws.Config:
 
     c.run.out_dir = "runs"
     c.run.name = "nanochat"
+    c.run.resume = "auto"  # auto: continue from the latest checkpoint; fresh: start over; or a step number
+    c.checkpoint.every = 20
+    c.checkpoint.keep = 2
     c.log.every = 1
     c.wandb.mode = "auto"  # online | offline | disabled; auto = online only with an API key
     c.wandb.project = "jaximus"

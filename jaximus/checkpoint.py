@@ -1,0 +1,87 @@
+"""Orbax checkpoints of everything the next step depends on, and resuming from the newest complete one.
+
+A checkpoint holds the training state (islands and outer), the step, the data loaders' positions, the
+ledger's totals, the evaluations so far and the resolved config. Orbax writes to a temporary directory
+and renames it when complete, so a run killed mid-save leaves the previous checkpoint intact.
+"""
+import shutil
+import sys
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaximus import UserError
+
+# Keys whose change alters the state's shapes or the data order: a resumed run must keep them.
+FROZEN_PREFIXES = ("seed", "model.", "data.", "parallel.", "outer.name", "outer.optimizer")
+FREE_KEYS = ("data.prefetch", "data.cache_dir")
+
+
+def flat_config(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def frozen_differences(saved: dict, current: dict) -> list[str]:
+    a, b = flat_config(saved), flat_config(current)
+    keys = sorted(k for k in set(a) | set(b) if k.startswith(FROZEN_PREFIXES) and k not in FREE_KEYS)
+    return [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in keys if _norm(a.get(k)) != _norm(b.get(k))]
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+class Checkpointer:
+    def __init__(self, directory: Path, keep: int):
+        self.dir = directory
+        self.manager = ocp.CheckpointManager(directory.absolute(), options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=True))
+
+    def save(self, step: int, state, meta: dict) -> None:
+        """Asynchronous: returns once the arrays are copied off the device; written in the background."""
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave(meta)), force=True)
+
+    def restore(self, abstract_state, step: int | None = None):
+        """(step, state, meta) from `step`, or from the newest checkpoint that reads back; None if none does."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        if step is not None:
+            if step not in steps:
+                raise UserError(f"run.resume={step}: no checkpoint at that step; saved steps: {sorted(steps)}")
+            steps = [step]
+        for s in steps:
+            try:
+                out = self.manager.restore(s, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                for newer in (n for n in self.manager.all_steps() if n > s):
+                    self.manager.delete(newer)  # a rewind: later checkpoints belong to a future we replay
+                return s, out["state"], out["meta"]
+            except Exception as e:  # a corrupt checkpoint: fall back to the one before it
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+                print(f"warning: checkpoint {self.dir / str(s)} is unreadable ({reason}); trying an older one",
+                      file=sys.stderr)
+        return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(state):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def clear(directory: Path) -> None:
+    """run.resume=fresh: forget earlier checkpoints of this run."""
+    if directory.exists():
+        shutil.rmtree(directory)

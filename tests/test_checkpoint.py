@@ -1,0 +1,106 @@
+"""Exact resume after SIGKILL (also mid-save), interrupts, config changes, corrupt and unwritable checkpoints."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from conftest import ROOT, TINY
+
+from train import main
+
+DILOCO = str(ROOT / "experiments" / "diloco_nanochat" / "config.py")
+RUN = [*TINY, "max_steps=12", "eval.every=6", "outer.sync_every=3", "outer.first_moment_every=3",
+       "outer.second_moment_every=6", "data.tokenizer_train_chars=2000000"]
+
+
+def start(out_dir, name, *overrides):
+    cmd = [sys.executable, "train.py", "--config", DILOCO, *RUN, f"run.out_dir='{out_dir}'", f"run.name='{name}'",
+           *overrides]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, proc, timeout=180):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def logged(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(m["step"], m.get("train/loss"), m.get("val/bpb"), m["comm/cross_island_bytes"] if "train/loss" in m else 0)
+            for m in rows]
+
+
+def final_state(run_dir, step=12):
+    return jax.tree.leaves(ocp.StandardCheckpointer().restore(run_dir / "checkpoints" / str(step) / "state"))
+
+
+@pytest.mark.parametrize("scheme,mid_save", [("sync", False), ("diloco", True), ("desloc", False)])
+def test_sigkill_then_resume_is_exact(tmp_path, capsys, scheme, mid_save):
+    outer = f"outer.name='{scheme}'"
+    assert main(["--config", DILOCO, *RUN, outer, f"run.out_dir='{tmp_path}'", "run.name='whole'"]) == 0
+    proc = start(tmp_path, "killed", outer, "checkpoint.every=1")
+    ckpts = tmp_path / "killed" / "checkpoints"
+    if mid_save:  # kill while an asynchronous save is being written
+        wait_for(lambda: ckpts.is_dir() and any(p.name.endswith("tmp") for p in ckpts.iterdir()
+                                                  if p.name.split(".")[0] not in ("0", "1")), proc)
+    else:
+        wait_for(lambda: (ckpts / "6").is_dir(), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert main(["--config", DILOCO, *RUN, outer, f"run.out_dir='{tmp_path}'", "run.name='killed'",
+                 "checkpoint.every=1"]) == 0
+    assert "resuming from step" in capsys.readouterr().out
+    assert logged(tmp_path / "whole") == logged(tmp_path / "killed")  # no duplicate or missing step, same losses
+    for a, b in zip(final_state(tmp_path / "whole"), final_state(tmp_path / "killed")):
+        np.testing.assert_array_equal(a, b)  # bitwise
+
+
+def test_interrupt_saves_and_exits_cleanly(tmp_path):
+    proc = start(tmp_path, "int", "max_steps=400", "eval.every=400", "checkpoint.every=400")
+    wait_for(lambda: (tmp_path / "int" / "metrics.jsonl").exists()
+             and len((tmp_path / "int" / "metrics.jsonl").read_text().splitlines()) >= 3, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "SIGINT at step" in err and "Traceback" not in err
+    step = int(err.split("SIGINT at step ")[1].split(":")[0])
+    assert (tmp_path / "int" / "checkpoints" / str(step)).is_dir()
+    assert max(m[0] for m in logged(tmp_path / "int")) == step
+
+
+def test_resume_rules(tmp_path, capsys):
+    base = ["--config", DILOCO, *RUN, f"run.out_dir='{tmp_path}'", "run.name='r'", "max_steps=6", "checkpoint.every=3",
+            "checkpoint.keep=3"]
+    assert main(base) == 0
+    capsys.readouterr()
+    assert main([*base, "model.depth=3", "data.seq_len=16"]) == 2  # shapes and data order are frozen
+    err = capsys.readouterr().err
+    assert "changed: data.seq_len (32 -> 16); model.depth (2 -> 3)" in err and len(err.strip().splitlines()) == 1
+    assert main([*base, "max_steps=9", "eval.every=2"]) == 0  # horizon and cadence may change
+    assert "resuming from step 6" in capsys.readouterr().out
+    assert [m[0] for m in logged(tmp_path / "r") if m[1] is not None] == list(range(1, 10))
+    # a corrupt newest checkpoint is skipped with a warning, in favour of the one before
+    for f in (tmp_path / "r" / "checkpoints" / "9" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    assert main([*base, "max_steps=12"]) == 0
+    captured = capsys.readouterr()
+    assert "checkpoint" in captured.err and "unreadable" in captured.err and "resuming from step 6" in captured.out
+    assert main([*base, "max_steps=12", "run.resume=fresh"]) == 0
+    assert "resuming" not in capsys.readouterr().out
+    assert main([*base, "run.resume=4"]) == 2 and "run.resume=4: no checkpoint" in capsys.readouterr().err
+
+
+def test_unwritable_checkpoint_directory(tmp_path, capsys):
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "checkpoints").write_text("a file where the checkpoint directory should be")
+    assert main(["--config", DILOCO, *RUN, f"run.out_dir='{tmp_path}'", "run.name='u'"]) == 2
+    assert "not a writable directory" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "u").iterdir()) == ["checkpoints"]
