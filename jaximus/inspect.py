@@ -50,7 +50,9 @@ def inspect_scheme(cfg, exp, mesh) -> dict:
         sync = make_sync_step(scheme, mesh, shardings)
         events = []
         for groups, rate in sync_events(scheme).items():
-            hlo = sync.build(groups).lower(state["islands"], state["outer"]).compile().as_text()
+            weights = jax.ShapeDtypeStruct((R,), np.float32,
+                                           sharding=jax.NamedSharding(mesh, jax.P("replica")))
+            hlo = sync.build(groups).lower(state["islands"], state["outer"], weights).compile().as_text()
             count, measured = cross_island_bytes(hlo, mesh)
             events.append({"groups": sorted(groups), "per_step": rate, "hlo": measured, "collectives": count,
                            "ledger": sum(scheme.ledger(island, groups).values())})

@@ -15,6 +15,7 @@ import numpy as np
 from jaximus import UserError
 from jaximus.accounting import mfu
 from jaximus.evaluate import evaluate
+from outer_optimizers import sync_weights
 
 
 class Ledger:
@@ -96,13 +97,18 @@ def run_training(cfg, state, steps, loader, logger, schedules, scheme, ledger, p
             metrics = {"step": done, "tokens": done * perf["tokens_per_step"],
                        **{f"lr/{k}": float(f(step)) for k, f in schedules.items()}}
             groups = scheme.due(done)
-            if groups:
-                islands, outer, sync_metrics = steps["sync"](state["islands"], state["outer"], groups)
+            weights = sync_weights(cfg.seed, done, len(loss), cfg.faults.island_dropout) if groups else None
+            if groups and weights is not None:
+                islands, outer, sync_metrics = steps["sync"](state["islands"], state["outer"], groups, weights)
                 state = {"islands": islands, "outer": outer}
                 if serialize:
                     jax.block_until_ready(state)
                 ledger.sync(groups)
                 metrics.update(_sync_metrics(sync_metrics, groups, scheme))
+                metrics["outer/islands_present"] = int((weights > 0).sum())
+                metrics["outer/present"] = "".join("1" if w > 0 else "0" for w in weights)
+            elif groups:
+                metrics.update({"outer/islands_present": 0, "outer/present": "0" * len(loss)})
             metrics.update(ledger.metrics())
             if pending is not None:
                 _report(*pending, logger, clock)  # the previous step, read while this one runs

@@ -7,6 +7,7 @@ place a local-update scheme communicates across islands.
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaximus import UserError
@@ -29,6 +30,16 @@ def add_outer_config(c) -> None:
     c.outer.first_moment_every = lambda: 3 * c.outer.sync_every  # DES-LOC K_u = 3 K_x (2505.22549)
     c.outer.second_moment_every = lambda: 6 * c.outer.sync_every  # DES-LOC K_v = 6 K_x
     c.outer.desloc_outer_opt = False  # DES-LOC: apply the outer optimizer to the parameter sync
+    c.faults.island_dropout = 0.0  # probability that an island misses a sync (torchft-style quorum), seeded
+
+
+def sync_weights(seed: int, step: int, islands: int, dropout: float) -> np.ndarray | None:
+    """Per-island weights of one sync's mean: 1/n for the n islands present, 0 for those that dropped out.
+
+    Drawn from (seed, step), so a resumed run drops the same islands; None when every island dropped out.
+    """
+    present = np.random.default_rng([seed, step]).random(islands) >= dropout if dropout else np.ones(islands, bool)
+    return present / present.sum() if present.any() else None
 
 
 def moment_role(path) -> str | None:
@@ -55,8 +66,10 @@ def tree_bytes(tree) -> int:
     return sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
-def island_mean(tree):
-    return across_islands(jax.lax.pmean, tree)
+def island_mean(tree, weight):
+    """Weighted mean over islands: weight is 1/n for each of the n islands taking part in this sync, else 0
+    (island dropout: an absent island is left out of the mean and re-joins from its result)."""
+    return across_islands(jax.lax.psum, jax.tree.map(lambda x: x * weight.astype(x.dtype), tree))
 
 
 def tree_norm(tree):
@@ -100,7 +113,7 @@ class Scheme:
     def init_outer(self, params) -> dict:
         return {"params": params, "opt_state": ()}
 
-    def sync(self, island: dict, outer: dict, groups: frozenset[str]) -> tuple[dict, dict, dict]:
+    def sync(self, island: dict, outer: dict, groups: frozenset[str], weight) -> tuple[dict, dict, dict]:
         raise NotImplementedError
 
     def ledger(self, island: dict, groups: frozenset[str]) -> dict[str, int]:
@@ -133,16 +146,16 @@ class PeriodicScheme(Scheme):
         return frozenset(self.groups) if done % self.every == 0 else frozenset()
 
 
-def average_groups(island: dict, outer: dict, groups: frozenset[str]):
+def average_groups(island: dict, outer: dict, groups: frozenset[str], weight):
     """Replace params and/or moment buffers by their mean over islands (Local SGD, Local Adam, DES-LOC)."""
     metrics = {}
     params, opt_state = island["params"], island["opt_state"]
     if "params" in groups:
         metrics["drift"] = tree_norm(jax.tree.map(jnp.subtract, outer["params"], params))
-        params = island_mean(params)
+        params = island_mean(params, weight)
         metrics["pseudo_grad_norm"] = tree_norm(jax.tree.map(jnp.subtract, outer["params"], params))
         outer = {**outer, "params": params}
     for role in ("mu", "nu"):
         if role in groups:
-            opt_state = map_role(island_mean, opt_state, role)
+            opt_state = map_role(lambda x: island_mean(x, weight), opt_state, role)
     return {"params": params, "opt_state": opt_state}, outer, metrics

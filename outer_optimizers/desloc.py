@@ -27,11 +27,11 @@ class DesLoc(Scheme):
     def init_outer(self, params):
         return {"params": params, "opt_state": self.outer_tx.init(params) if self.outer_tx else ()}
 
-    def sync(self, island, outer, groups):
+    def sync(self, island, outer, groups, weight):
         if self.outer_tx is None or "params" not in groups:
-            return average_groups(island, outer, groups)
-        island, outer, _ = average_groups(island, outer, groups - {"params"})
-        params, outer, metrics = outer_step(self.outer_tx, island["params"], outer)
+            return average_groups(island, outer, groups, weight)
+        island, outer, _ = average_groups(island, outer, groups - {"params"}, weight)
+        params, outer, metrics = outer_step(self.outer_tx, island["params"], outer, weight)
         return {**island, "params": params}, outer, metrics
 
     def outer_lr(self):

@@ -26,10 +26,10 @@ def make_outer_optimizer(outer_cfg) -> optax.GradientTransformation:
     return factory(learning_rate=lr, **dict(outer_cfg.optimizer_kwargs))
 
 
-def outer_step(outer_tx, island_params, outer: dict):
+def outer_step(outer_tx, island_params, outer: dict, weight):
     """The pseudo-gradient step shared by DiLoCo and DES-LOC's optional outer optimizer."""
     delta = jax.tree.map(jnp.subtract, outer["params"], island_params)
-    mean_delta = island_mean(delta)
+    mean_delta = island_mean(delta, weight)
     updates, opt_state = outer_tx.update(mean_delta, outer["opt_state"], outer["params"])
     new = optax.apply_updates(outer["params"], updates)
     return new, {"params": new, "opt_state": opt_state}, {"drift": tree_norm(delta), "pseudo_grad_norm": tree_norm(mean_delta)}
@@ -46,8 +46,8 @@ class DiLoCo(PeriodicScheme):
     def init_outer(self, params):
         return {"params": params, "opt_state": self.outer_tx.init(params)}
 
-    def sync(self, island, outer, groups):
-        params, outer, metrics = outer_step(self.outer_tx, island["params"], outer)
+    def sync(self, island, outer, groups, weight):
+        params, outer, metrics = outer_step(self.outer_tx, island["params"], outer, weight)
         return {**island, "params": params}, outer, metrics
 
     def outer_lr(self):

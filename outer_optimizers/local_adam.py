@@ -10,8 +10,8 @@ class LocalAdam(PeriodicScheme):
         """Averages every moment buffer the inner optimizer keeps (Muon has only a first moment)."""
         self.groups = ("params", *self.require_moments(opt_state))
 
-    def sync(self, island, outer, groups):
-        return average_groups(island, outer, groups)
+    def sync(self, island, outer, groups, weight):
+        return average_groups(island, outer, groups, weight)
 
     def outer_lr(self):
         return 1.0

@@ -9,8 +9,8 @@ class LocalSGD(PeriodicScheme):
     name = "local_sgd"
     groups = ("params",)
 
-    def sync(self, island, outer, groups):
-        island, outer, metrics = average_groups(island, outer, groups)
+    def sync(self, island, outer, groups, weight):
+        island, outer, metrics = average_groups(island, outer, groups, weight)
         if self.cfg.reset_inner_opt:
             island = {**island, "opt_state": self.inner_tx.init(island["params"])}
         return island, outer, metrics

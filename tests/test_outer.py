@@ -14,7 +14,7 @@ from outer_optimizers import make_scheme
 from outer_optimizers.diloco import make_outer_optimizer
 
 
-def simulate(nanochat, cfg, steps, tx=None, seed=0):
+def simulate(nanochat, cfg, steps, tx=None, seed=0, present=None):
     """The training loop's composition (inner step, then a sync when due) on fixed random batches."""
     R = cfg.parallel.replica
     mesh = make_mesh(R, cfg.parallel.fsdp)
@@ -34,7 +34,8 @@ def simulate(nanochat, cfg, steps, tx=None, seed=0):
             state = {**jax.block_until_ready({"islands": islands}), "outer": state["outer"]}
             groups = scheme.due(i + 1)
             if groups:
-                islands, outer, _ = jax.block_until_ready(sync(state["islands"], state["outer"], groups))
+                weights = np.full(R, 1 / R) if present is None else present(i + 1)
+                islands, outer, _ = jax.block_until_ready(sync(state["islands"], state["outer"], groups, weights))
                 state = {"islands": islands, "outer": outer}
             history.append(jax.device_get(state["islands"]["params"]))
         return jax.device_get(state), history
@@ -165,3 +166,24 @@ def test_local_sgd_reset_inner_optimizer(nanochat, tiny_cfg):
     assert np.any(kept["islands"]["opt_state"].inner_states["unembedding"].inner_state[0].mu["lm_head"])
     assert not np.any(reset["islands"]["opt_state"].inner_states["unembedding"].inner_state[0].mu["lm_head"])
     assert_trees_close(reset["islands"]["params"], kept["islands"]["params"], rtol=1e-6)
+
+
+def test_dropout_mean_uses_only_present_islands(nanochat, tiny_cfg):
+    cfg = tiny_cfg("outer.name='local_sgd'", "outer.sync_every=2")
+    _, history = simulate(nanochat, cfg, 2, present=lambda step: np.array([1, 1, 0, 1]) / 3)
+    before = simulate(nanochat, tiny_cfg("outer.name='local_sgd'", "outer.sync_every=100"), 2)[1][-1]
+    expected = before["lm_head"][[0, 1, 3]].mean(0)
+    for r in range(4):  # the absent island re-joins from the mean of the others
+        np.testing.assert_allclose(history[-1]["lm_head"][r], expected, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(before["lm_head"].mean(0), expected, rtol=1e-3, atol=0)
+
+
+def test_sync_weights_seeded():
+    from outer_optimizers import sync_weights
+    np.testing.assert_array_equal(sync_weights(0, 5, 4, 0.0), np.full(4, 0.25))
+    draws = [sync_weights(7, s, 4, 0.5) for s in range(1, 200)]
+    assert [None if d is None else d.tolist() for d in draws] == \
+        [None if d is None else d.tolist() for d in (sync_weights(7, s, 4, 0.5) for s in range(1, 200))]
+    present = [int((d > 0).sum()) for d in draws if d is not None]
+    assert 1.5 < np.mean(present) < 2.5 and any(d is None for d in draws)  # about half; sometimes nobody
+    assert all(abs(d.sum() - 1) < 1e-12 for d in draws if d is not None)

@@ -89,6 +89,18 @@ def test_diloco_run_logs_outer_metrics_and_ledger(tmp_path, capsys):
     assert [m["comm/cross_island_bytes"] for m in train][3:5] == [summary["ledger"]["per_sync"]["params"]] * 2
 
 
+def test_diloco_trains_through_island_dropout(tmp_path, capsys):
+    rc = main(["--config", DILOCO, *TINY, "max_steps=16", "outer.sync_every=2", "faults.island_dropout=0.5",
+               f"run.out_dir='{tmp_path}'", "run.name='drop'"])
+    assert rc == 0, capsys.readouterr().err
+    metrics = [json.loads(line) for line in (tmp_path / "drop" / "metrics.jsonl").read_text().splitlines()]
+    present = [m["outer/present"] for m in metrics if "outer/present" in m]
+    assert len(present) == 8 and any(p != "1111" for p in present)
+    assert all(m["outer/islands_present"] == m["outer/present"].count("1") for m in metrics if "outer/present" in m)
+    summary = json.loads((tmp_path / "drop" / "summary.json").read_text())
+    assert summary["val/bpb"] < summary["val/bpb_initial"] - 0.2
+
+
 BAD_INPUTS = [
     (["bogus.key=1"], "bogus.key"),
     (["parallel.replica=2", "parallel.fsdp=2"], "parallel.replica x parallel.fsdp"),
@@ -100,6 +112,7 @@ BAD_INPUTS = [
     (["parallel.strategy='tp'"], "parallel.strategy"),
     (["outer.name='fedfoo'"], "outer.name='fedfoo'"),
     (["outer.name='diloco'", "outer.sync_every=0"], "outer.sync_every=0"),
+    (["outer.name='diloco'", "faults.island_dropout=1.5"], "faults.island_dropout=1.5"),
 ]
 
 
