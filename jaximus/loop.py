@@ -10,6 +10,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaximus import UserError
@@ -124,12 +125,22 @@ def run_training(cfg, state, steps, loader, logger, schedules, scheme, ledger, p
                 if pending is not None:  # every logged step is covered by the checkpoint that follows it
                     _report(*pending, logger, clock)
                     pending = None
+                if not bool(_all_finite(state)):  # a finite loss can still precede an overflowing update
+                    raise UserError(f"step {done}: non-finite parameters after the update; the last good "
+                                    "checkpoint is kept. Lower the learning rates or check the data")
                 checkpointer.save(done, state, {"step": done, "loader": loader.state(), "evals": evals,
-                                                "ledger": {"bytes": ledger.bytes, "syncs": ledger.syncs}})
+                                                "ledger": {"bytes": ledger.bytes, "syncs": ledger.syncs},
+                                                "config": cfg.to_dict()})
             if interrupt.signum and not last:
                 checkpointer.wait()
                 raise Interrupted(interrupt.signum, done)
     return state, _summary(cfg, evals, clock, perf, ledger)
+
+
+@jax.jit
+def _all_finite(state):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state)
+                              if jnp.issubdtype(x.dtype, jnp.floating)]))
 
 
 class Interrupted(Exception):
