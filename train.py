@@ -66,6 +66,8 @@ def train(cfg, exp) -> dict:
         print(f"jaximus: {n_params:,} params | {R} islands x {cfg.parallel.fsdp} devices ({cfg.parallel.strategy}) | "
               f"outer {scheme.name} | {perf['tokens_per_step']:,} tokens/step | peak {peak_desc} | "
               f"run dir {cfg.run.out_dir}/{cfg.run.name}", flush=True)
+        if cfg.run.resume == "fresh":  # only now that every check has passed
+            clear(run_dir / "checkpoints")
         checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep)
         restored = checkpointer.restore(abstract_like(state), _resume_step(cfg)) if resuming else None
         if restored:
@@ -105,7 +107,6 @@ def check_resume(cfg, run_dir: Path) -> bool:
     if mode not in ("auto", "fresh") and not (isinstance(mode, int) and not isinstance(mode, bool) and mode >= 0):
         raise UserError(f"run.resume={mode!r}: use auto (latest checkpoint), fresh (start over) or a step number")
     if mode == "fresh":
-        clear(run_dir / "checkpoints")
         return False
     saved = run_dir / "config.json"
     if not (run_dir / "checkpoints").is_dir() or not saved.exists():
