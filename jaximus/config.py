@@ -95,7 +95,7 @@ def check_config(cfg) -> None:
     if d.seq_len < 1 or d.seq_len > cfg.model.max_seq_len:
         raise UserError(f"data.seq_len={d.seq_len}: must be between 1 and model.max_seq_len="
                         f"{cfg.model.max_seq_len}; lower data.seq_len or raise model.max_seq_len")
-    for key in ("eval.every", "log.every"):
+    for key in ("eval.every", "log.every", "checkpoint.every", "checkpoint.keep"):
         section, name = key.split(".")
         if cfg[section][name] < 1:
             raise UserError(f"{key}={cfg[section][name]}: must be >= 1")

@@ -18,6 +18,7 @@ from jaximus.config import finalize_config, load_experiment  # noqa: E402
 from jaximus.mesh import enable_compile_cache  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+assert jax.device_count() == 8  # start the backend now, so no test's train.main() can change the device count
 enable_compile_cache(CACHE)
 
 NANOCHAT = str(ROOT / "experiments" / "nanochat" / "config.py")

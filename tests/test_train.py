@@ -113,6 +113,8 @@ BAD_INPUTS = [
     (["outer.name='fedfoo'"], "outer.name='fedfoo'"),
     (["outer.name='diloco'", "outer.sync_every=0"], "outer.sync_every=0"),
     (["outer.name='diloco'", "faults.island_dropout=1.5"], "faults.island_dropout=1.5"),
+    (["checkpoint.every=0"], "checkpoint.every=0"),
+    (["run.resume='sometimes'"], "run.resume='sometimes'"),
 ]
 
 
