@@ -115,3 +115,21 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     saved = sorted(int(p.name) for p in (tmp_path / "nan" / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and saved[-1] < bad_step
     assert all(np.isfinite(x).all() for x in final_state(tmp_path / "nan", saved[-1]))
+
+
+def test_second_signal_exits_at_once(tmp_path):
+    # steps of ~1 s, so the second signal surely lands before the step boundary where the first would save
+    proc = start(tmp_path, "twice", "max_steps=400", "eval.every=400", "checkpoint.every=400", "model.depth=4",
+                 "data.seq_len=256", "eval.tokens=4096")
+    wait_for(lambda: (tmp_path / "twice" / "metrics.jsonl").exists()
+             and len((tmp_path / "twice" / "metrics.jsonl").read_text().splitlines()) >= 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    seen = ""
+    while "stopping at the next step boundary" not in seen:  # the first signal was handled
+        char = proc.stderr.read(1)
+        assert char, f"process ended before handling the signal: {seen[-500:]}"
+        seen += char
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert not list((tmp_path / "twice" / "checkpoints").glob("[0-9]*"))  # gone without the step-boundary save
