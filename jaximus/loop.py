@@ -113,7 +113,7 @@ def run_training(cfg, state, steps, loader, logger, schedules, scheme, ledger, p
             metrics.update(ledger.metrics())
             if pending is not None:
                 _report(*pending, logger, clock)  # the previous step, read while this one runs
-            pending = (loss, metrics, perf)
+            pending = (loss, metrics, perf, time.perf_counter() if serialize else None)
             last = done == cfg.max_steps
             if done % cfg.eval.every == 0 or last:
                 _report(*pending, logger, clock)
@@ -171,10 +171,10 @@ def _summary(cfg, evals, clock, perf, ledger) -> dict:
             "perf/mfu": mfu(fpt, tokens_per_sec, perf["peak"]) if fpt else None, **ledger.metrics()}
 
 
-def _report(loss, metrics, perf, logger, clock):
+def _report(loss, metrics, perf, ready_at, logger, clock):
     """Log one step once its losses are on the host; step time is the gap between completions."""
     losses = [float(x) for x in loss]
-    now = time.perf_counter()
+    now = ready_at or time.perf_counter()  # a serialized step completed when it was blocked on
     dt, clock["last"] = now - clock["last"], now
     clock["times"].append(dt)
     if not all(math.isfinite(x) for x in losses):

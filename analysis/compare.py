@@ -1,0 +1,203 @@
+"""Compare runs at equal tokens: a markdown table and figures of val bpb against tokens, bytes and projected time.
+
+    python -m analysis.compare runs/sweep [more runs or sweeps] --out results/ [--gbps 1 --latency-ms 10]
+"""
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from analysis.network import ALGORITHMS, BACKWARD_SHARE, Link, Projection, compute_seconds, project, utilization_curve
+from analysis.runs import Run, config_differences, find_runs
+from jaximus import UserError
+from jaximus.accounting import PEAK_FLOPS
+
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the runs are projected onto: the link between islands and how long an inner step computes."""
+    link: Link
+    accelerator: str = "H100"
+    mfu: float = 0.4
+    step_s: float | str | None = None  # seconds per inner step, "measured", or None for FLOPs / (peak x MFU)
+
+    def compute(self) -> str:
+        if self.step_s == "measured":
+            return "the step time measured in each run"
+        if self.step_s is not None:
+            return f"{self.step_s:g} s of compute per inner step"
+        return f"{self.accelerator} at {self.mfu:.0%} MFU per device"
+
+    def describe(self) -> str:
+        return (f"{self.link.gbps:g} Gbit/s and {self.link.latency_s * 1e3:g} ms between islands, "
+                f"{self.link.algorithm} all-reduce, {self.compute()}")
+
+
+def compute_s(run: Run, cluster: Cluster) -> float:
+    if cluster.step_s == "measured":
+        if run.summary:
+            return run.summary["perf/step_s"]
+        return float(np.median([run.tokens_per_step / r["perf/tokens_per_sec"] for r in run.train_rows[1:]
+                                or run.train_rows]))
+    if cluster.step_s is not None:
+        return float(cluster.step_s)
+    flops = run.config["resolved"]["flops_per_token"] * run.tokens_per_step / run.islands
+    peak = PEAK_FLOPS[cluster.accelerator] * run.config["parallel"]["fsdp"]
+    return compute_seconds(flops, peak, cluster.mfu)
+
+
+def overlap_s(run: Run, step_s: float) -> float:
+    """Data-parallel hides its all-reduce behind the backward pass; a local-update sync behind one inner step."""
+    return BACKWARD_SHARE * step_s if run.blocking_every_step else step_s
+
+
+def projection(run: Run, cluster: Cluster, upto: int | None = None, link: Link | None = None) -> Projection:
+    steps = run.steps if upto is None else upto
+    events = [b for s, b in run.events() if s <= steps]
+    t = compute_s(run, cluster)
+    return project(events, steps, t, run.islands, link or cluster.link, overlap_s(run, t))
+
+
+def reference_of(runs: list[Run]) -> tuple[Run | None, list[str]]:
+    syncs = [r for r in runs if r.scheme == "sync"]
+    if not syncs:
+        return None, ["no `sync` run among these: differences and reductions are left blank"]
+    notes = [f"{len(syncs)} sync runs; comparing against {syncs[0].name}"] if len(syncs) > 1 else []
+    return syncs[0], notes
+
+
+def flags(run: Run, reference: Run | None) -> list[str]:
+    out = []
+    if not run.finished:
+        out.append(f"in progress (step {run.steps} of {run.config['max_steps']})")
+    if reference is not None and run is not reference:
+        if run.evals and reference.evals and run.evals[-1]["tokens"] != reference.evals[-1]["tokens"]:
+            out.append(f"tokens differ ({run.evals[-1]['tokens']:,} vs {reference.evals[-1]['tokens']:,})")
+        diff = config_differences(reference, run)
+        if diff:
+            out.append("config differs: " + ", ".join(f"{k} ({a} vs {b})" for k, (a, b) in diff.items()))
+    return out
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("min", 60), ("s", 1), ("ms", 1e-3)):
+        if seconds >= size or unit == "ms":
+            return f"{seconds / size:.3g} {unit}"
+
+
+def table(runs: list[Run], cluster: Cluster) -> tuple[str, list[str]]:
+    """The markdown table and the warnings to print beside it."""
+    reference, warnings = reference_of(runs)
+    lines = ["| run | scheme | H | steps | tokens | val bpb | vs sync | MiB sent per island | reduction | syncs "
+             "| projected time | CU | CU, overlapped | flags |",
+             "|" + "---|" * 14]
+    for run in runs:
+        p = projection(run, cluster)
+        bpb = run.evals[-1]["val/bpb"] if run.evals else None
+        ref_bpb = reference.evals[-1]["val/bpb"] if reference and reference.evals else None
+        delta = f"{bpb - ref_bpb:+.4f}" if bpb is not None and ref_bpb is not None and run is not reference else "—"
+        reduction = f"{reference.bytes / run.bytes:.3g}x" if reference and run.bytes else "—"
+        run_flags = flags(run, reference)
+        warnings += [f"{run.name}: {f}" for f in run_flags]
+        lines.append(
+            f"| {run.name} | {run.scheme} | {run.sync_every or '—'} | {run.steps} | {run.tokens:,} "
+            f"| {'—' if bpb is None else f'{bpb:.4f}'} | {delta} | {run.bytes / MiB:,.0f} | {reduction} | {run.syncs} "
+            f"| {_duration(p.wall_s)} | {p.utilization:.1%} | {p.utilization_overlap:.1%} | {'; '.join(run_flags)} |")
+    return "\n".join(lines) + "\n", warnings
+
+
+def figures(runs: list[Run], cluster: Cluster, out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analysis.network import plot_utilization, save_png
+    series = {}
+    for run in runs:
+        train = {r["step"]: r for r in run.train_rows}
+        points = [(e["tokens"], train[e["step"]]["comm/cross_island_bytes"] / MiB,
+                   projection(run, cluster, e["step"]).wall_overlap_s, e["val/bpb"]) for e in run.evals if e["step"] in train]
+        series[run.name] = np.array(points).reshape(-1, 4)
+    written = []
+    for column, name, xlabel, log in ((0, "bpb_vs_tokens", "tokens", False),
+                                      (1, "bpb_vs_bytes", "cross-island MiB sent per island", True),
+                                      (2, "bpb_vs_wallclock", "projected wall-clock, overlapped (s)", False)):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for label, pts in series.items():
+            ax.plot(pts[:, column], pts[:, 3], marker="o", markersize=3, label=label)
+        ax.set(xlabel=xlabel, ylabel="validation bits per byte", xscale="log" if log else "linear")
+        if column == 2:
+            ax.set_title(cluster.describe(), fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        save_png(fig, out / f"{name}.png")
+        plt.close(fig)
+        written.append(out / f"{name}.png")
+    inputs = {run.name: (compute_s(run, cluster), [b for _, b in run.events()], run) for run in runs}
+    # Span the bandwidths where each run goes from communication-bound to compute-bound.
+    balance = [8 * sum(ev) / (run.steps * t) / 1e9 for t, ev, run in inputs.values() if sum(ev)]
+    gbps = np.logspace(np.log10(min(balance or [1]) / 100), np.log10(max(balance or [1]) * 1000), 120)
+    curves = {name: (gbps, utilization_curve(ev, run.steps, t, run.islands, cluster.link.latency_s,
+                                             cluster.link.algorithm, overlap_s(run, t), gbps))
+              for name, (t, ev, run) in inputs.items()}
+    plot_utilization(curves, out / "utilization_vs_bandwidth.png",
+                     f"overlapped; {cluster.link.latency_s * 1e3:g} ms latency; {cluster.compute()}")
+    return written + [out / "utilization_vs_bandwidth.png"]
+
+
+def _step_time(text: str):
+    if text == "measured":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("--step-time takes seconds per inner step or 'measured'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("--step-time must be > 0 seconds")
+    return value
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run directories, or sweep directories holding them")
+    parser.add_argument("--out", required=True, help="directory for results.md and the figures")
+    parser.add_argument("--gbps", type=float, default=1.0, help="bandwidth between islands, Gbit/s (default 1)")
+    parser.add_argument("--latency-ms", type=float, default=10.0, help="latency per message (default 10 ms)")
+    parser.add_argument("--algorithm", choices=ALGORITHMS, default="ring")
+    parser.add_argument("--accelerator", choices=sorted(PEAK_FLOPS), default="H100")
+    parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization of the compute (0.4)")
+    parser.add_argument("--step-time", type=_step_time, help="seconds per inner step, or 'measured'; "
+                        "overrides --accelerator/--mfu")
+    args = parser.parse_args(argv)
+    try:
+        cluster = Cluster(Link(args.gbps, args.latency_ms / 1e3, args.algorithm), args.accelerator, args.mfu,
+                          args.step_time)
+        if not 0 < args.mfu <= 1:
+            raise ValueError(f"--mfu must be in (0, 1], got {args.mfu}")
+        runs, warnings = find_runs(args.runs)
+        text, more = table(runs, cluster)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        written = figures(runs, cluster, out)
+        report = f"Projected onto {cluster.describe()}.\n\n{text}"
+        tmp = out / "results.md.tmp"
+        tmp.write_text(report)
+        os.replace(tmp, out / "results.md")
+    except (UserError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for warning in warnings + more:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(report)
+    print("wrote " + ", ".join(str(p) for p in [out / "results.md", *written]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Read run directories (config.json, metrics.jsonl, summary.json) and nothing else (DESIGN.md)."""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from jaximus import UserError
+
+# Keys that may differ between runs of one comparison: the scheme itself and where/how the run is kept.
+COMPARABLE_EXCEPT = ("outer.", "run.", "faults.", "log.", "wandb.", "checkpoint.", "resolved.", "git_commit",
+                     "data.cache_dir", "data.prefetch", "eval.every")
+
+
+@dataclass
+class Run:
+    name: str
+    path: Path
+    config: dict
+    rows: list[dict]
+    summary: dict | None  # None while the run is in progress
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+    @property
+    def scheme(self) -> str:
+        return self.config["outer"]["name"]
+
+    @property
+    def sync_every(self) -> int | None:
+        return None if self.scheme == "sync" else self.config["outer"]["sync_every"]
+
+    @property
+    def islands(self) -> int:
+        return self.config["parallel"]["replica"]
+
+    @property
+    def train_rows(self) -> list[dict]:
+        return [r for r in self.rows if "comm/cross_island_bytes" in r]
+
+    @property
+    def evals(self) -> list[dict]:
+        return [r for r in self.rows if "val/bpb" in r]
+
+    @property
+    def steps(self) -> int:
+        return max((r["step"] for r in self.rows), default=0)
+
+    @property
+    def tokens(self) -> int:
+        return max((r["tokens"] for r in self.rows), default=0)
+
+    @property
+    def tokens_per_step(self) -> int:
+        row = self.rows[0]
+        return row["tokens"] // row["step"]
+
+    @property
+    def bytes(self) -> int:
+        """Cross-island bytes each island has sent so far."""
+        return max((r["comm/cross_island_bytes"] for r in self.train_rows), default=0)
+
+    @property
+    def syncs(self) -> int:
+        return max((r["comm/syncs"] for r in self.train_rows), default=0)
+
+    @property
+    def blocking_every_step(self) -> bool:
+        """True for schemes that communicate inside the inner step (sync data-parallel)."""
+        return bool(self.config.get("resolved", {}).get("ledger", {}).get("per_inner_step"))
+
+    def events(self) -> list[tuple[int, float]]:
+        """(step, bytes) of every communication event so far, from the cumulative ledger.
+
+        With `log.every` > 1 a logged interval's bytes are split evenly over the syncs it counted.
+        """
+        out, last = [], {"step": 0, "comm/cross_island_bytes": 0, "comm/syncs": 0}
+        for row in self.train_rows:
+            syncs = row["comm/syncs"] - last["comm/syncs"]
+            sent = row["comm/cross_island_bytes"] - last["comm/cross_island_bytes"]
+            if syncs:
+                out += [(row["step"], sent / syncs)] * syncs
+            last = row
+        return out
+
+    def eval_at(self, step: int) -> dict | None:
+        return next((r for r in self.evals if r["step"] == step), None)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(a: Run, b: Run) -> dict[str, tuple]:
+    """Keys (other than the scheme's and the run's own) whose values differ: {key: (a's, b's)}."""
+    fa, fb = _flatten(a.config), _flatten(b.config)
+    keys = sorted(set(fa) | set(fb))
+    return {k: (fa.get(k), fb.get(k)) for k in keys
+            if not k.startswith(COMPARABLE_EXCEPT) and fa.get(k) != fb.get(k)}
+
+
+def _read_rows(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a run still writing: its last line may be half there
+    return rows
+
+
+def load_run(path, name: str | None = None) -> Run:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} is not a run directory (no config.json); pass run directories or a sweep "
+                        "directory that holds them")
+    try:
+        config = json.loads((path / "config.json").read_text())
+        summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: unreadable JSON ({e}); the run directory is damaged") from None
+    metrics = path / "metrics.jsonl"
+    rows = _read_rows(metrics) if metrics.is_file() else []
+    if not any("comm/cross_island_bytes" in r for r in rows):
+        raise UserError(f"run {path} has no metrics yet ({metrics} is missing or empty); wait for its first "
+                        "step or leave it out")
+    return Run(name or path.name, path, config, rows, summary)
+
+
+def _sweep_order(path: Path):
+    """Runs of a sweep in the order of its manifest, then any others by name."""
+    manifest = path / "sweep.json"
+    names = [p["name"] for p in json.loads(manifest.read_text())["points"]] if manifest.is_file() else []
+    return lambda run_dir: (names.index(run_dir.name) if run_dir.name in names else len(names), run_dir.name)
+
+
+def find_runs(paths) -> tuple[list[Run], list[str]]:
+    """Runs named directly, or every run inside a sweep directory; (runs, warnings about skipped ones)."""
+    runs, warnings = [], []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise UserError(f"{path} does not exist or is not a directory")
+        if (path / "config.json").is_file():
+            runs.append(load_run(path))
+            continue
+        children = sorted((p for p in path.iterdir() if (p / "config.json").is_file()), key=_sweep_order(path))
+        if not children:
+            raise UserError(f"{path} is neither a run directory (no config.json) nor a directory of runs")
+        for child in children:
+            try:
+                runs.append(load_run(child))
+            except UserError as e:
+                warnings.append(f"skipped: {e}")
+    names = [r.name for r in runs]
+    for run in runs:
+        if names.count(run.name) > 1:
+            run.name = str(run.path)
+    return runs, warnings
