@@ -18,6 +18,16 @@ from jaximus.config import check_config, check_writable, finalize_config, load_e
 from jaximus.data.loader import TrainLoader, validation_rows
 from jaximus.data.sources import open_source
 from jaximus.data.tokenizer import load_tokenizer
+from jaximus.distributed import (
+    barrier,
+    check_distributed,
+    check_layout,
+    initialize,
+    is_primary,
+    local_cpu_devices,
+    local_islands,
+    replicated_input,
+)
 from jaximus.evaluate import split_val_rows, val_sharding
 from jaximus.log import RunLogger, resolve_wandb_mode
 from jaximus.loop import Interrupted, Ledger, run_training
@@ -30,6 +40,8 @@ from outer_optimizers import make_scheme
 
 def train(cfg, exp) -> dict:
     mesh = make_mesh(cfg.parallel.replica, cfg.parallel.fsdp)
+    check_layout(mesh)
+    islands = local_islands(mesh)
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     check_writable(cfg.run.out_dir, "run.out_dir")
     check_writable(str(run_dir / "checkpoints"), "run.out_dir")
@@ -43,7 +55,9 @@ def train(cfg, exp) -> dict:
     island_abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), abstract["islands"])
     scheme.check_inner_state(island_abstract["opt_state"])
     source = open_source(cfg.data)
-    tokenizer = load_tokenizer(source, cfg.data, cfg.model.vocab_size)
+    tokenizer = load_tokenizer(source, cfg.data, cfg.model.vocab_size) if is_primary() else None
+    barrier("tokenizer")  # process 0 trains and caches it; the others read the cache
+    tokenizer = tokenizer or load_tokenizer(source, cfg.data, cfg.model.vocab_size)
     forward = exp["model"].make_model_forward(cfg)
     R, B, T = cfg.parallel.replica, cfg.data.batch_size, cfg.data.seq_len
     val_rows = validation_rows(source, tokenizer, T, B * math.ceil(cfg.eval.tokens / (B * T)))
@@ -57,30 +71,32 @@ def train(cfg, exp) -> dict:
                  "sync": make_sync_step(scheme, mesh, shardings),
                  "eval": make_eval_step(forward, tokenizer.token_bytes, mesh),
                  "batch_sharding": batch_sharding(mesh),
-                 "val_batches": jax.device_put(split_val_rows(val_rows, R, B), val_sharding(mesh))}
+                 "val_batches": replicated_input(split_val_rows(val_rows, R, B), val_sharding(mesh))}
         run_info = {"params": n_params, "flops_per_token": perf["flops_per_token"], "peak_flops": perf["peak"],
                     "peak_source": peak_desc, "corpus": source.name, "corpus_fingerprint": source.fingerprint,
                     "tokenizer_vocab": tokenizer.vocab_size, "optimizer": resolved,
                     "ledger": {"per_inner_step": scheme.step_ledger(island_abstract),
                                "per_sync": scheme.ledger(island_abstract, frozenset(scheme.groups))}}
-        print(f"jaximus: {n_params:,} params | {R} islands x {cfg.parallel.fsdp} devices ({cfg.parallel.strategy}) | "
+        say(f"jaximus: {n_params:,} params | {R} islands x {cfg.parallel.fsdp} devices ({cfg.parallel.strategy}) | "
               f"outer {scheme.name} | {perf['tokens_per_step']:,} tokens/step | peak {peak_desc} | "
-              f"run dir {cfg.run.out_dir}/{cfg.run.name}", flush=True)
-        if cfg.run.resume == "fresh":  # only now that every check has passed
+              f"run dir {cfg.run.out_dir}/{cfg.run.name}")
+        if cfg.run.resume == "fresh" and is_primary():  # only now that every check has passed
             clear(run_dir / "checkpoints")
+        barrier("checkpoints cleared")
         checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep)
         restored = checkpointer.restore(abstract_like(state), _resume_step(cfg)) if resuming else None
         if restored:
             step, state, meta = restored
-            print(f"jaximus: resuming from step {step} ({run_dir / 'checkpoints'})", flush=True)
+            say(f"jaximus: resuming from step {step} ({run_dir / 'checkpoints'})")
             if step >= cfg.max_steps:
                 checkpointer.close()
-                print(f"jaximus: already complete at step {step}; raise max_steps to train further", flush=True)
+                say(f"jaximus: already complete at step {step}; raise max_steps to train further")
                 return json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
         logger = RunLogger(cfg, {**cfg.to_dict(), "resolved": run_info}, cfg.max_steps,
                            resume_step=restored[0] if restored else 0)
-        loader = TrainLoader(source, tokenizer, T, B // R, list(range(R)), R, prefetch=cfg.data.prefetch,
-                             state=restored[2]["loader"] if restored else None)
+        positions = restored[2]["loader"]["positions"] if restored else None
+        loader = TrainLoader(source, tokenizer, T, B // R, islands, R, prefetch=cfg.data.prefetch,
+                             state={"positions": [positions[r] for r in islands]} if positions else None)
         try:
             _, summary = run_training(cfg, state, steps, loader, logger, schedules, scheme,
                                       Ledger(scheme, island_abstract), perf, checkpointer,
@@ -91,10 +107,15 @@ def train(cfg, exp) -> dict:
             loader.close()
             logger.close()
             checkpointer.close()
-    print(f"jaximus: done | val bpb {summary['val/bpb_initial']:.4f} -> {summary['val/bpb']:.4f} | "
+    say(f"jaximus: done | val bpb {summary['val/bpb_initial']:.4f} -> {summary['val/bpb']:.4f} | "
           f"{summary['perf/tokens_per_sec']:,.0f} tokens/s | {summary['comm/cross_island_bytes'] / 2**20:,.1f} MiB "
-          f"cross-island in {summary['comm/syncs']} syncs | run dir {logger.dir}", flush=True)
+          f"cross-island in {summary['comm/syncs']} syncs | run dir {logger.dir}")
     return summary
+
+
+def say(text: str) -> None:
+    if is_primary():
+        print(text, flush=True)
 
 
 def _resume_step(cfg) -> int | None:
@@ -124,7 +145,9 @@ def main(argv: list[str]) -> int:
         exp = load_experiment(config_path)
         cfg = finalize_config(exp["config"], overrides)
         check_config(cfg)
-        force_cpu_devices(cfg.parallel.cpu_devices)
+        check_distributed(cfg)
+        force_cpu_devices(local_cpu_devices(cfg))
+        initialize(cfg)
         enable_compile_cache(cfg.data.cache_dir)
         train(cfg, exp)
     except UserError as e:

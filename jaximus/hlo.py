@@ -32,10 +32,15 @@ def _shape_bytes(shape: str) -> int:
 
 
 def _groups(line: str, device_ids: list[int]) -> tuple[tuple[int, ...], ...]:
-    """Device-id groups from explicit lists, iota form [G,S]<=[dims]T(perm), or source-target pairs."""
+    """Device-id groups from explicit lists, iota form [G,S]<=[dims]T(perm), or source-target pairs.
+
+    HLO numbers devices by their place in the program's device assignment (the mesh's order), not by
+    device id: with several processes the ids are not 0..n-1 (JAX_NOTES §5).
+    """
     m = re.search(r"(?:replica_groups|source_target_pairs)=\{(\{[\d,]*\}(?:,\{[\d,]*\})*)\}", line)
     if m:
-        return tuple(tuple(int(x) for x in g.split(",") if x) for g in re.findall(r"\{([\d,]*)\}", m.group(1)))
+        return tuple(tuple(device_ids[int(x)] for x in g.split(",") if x)
+                     for g in re.findall(r"\{([\d,]*)\}", m.group(1)))
     m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", line)
     if m:
         g, s, dims = int(m.group(1)), int(m.group(2)), [int(x) for x in m.group(3).split(",")]
@@ -62,6 +67,13 @@ def collectives(hlo_text: str, mesh) -> list[Collective]:
 def crosses_islands(collective: Collective, mesh) -> bool:
     replica_of = {int(d.id): idx[0] for idx, d in np.ndenumerate(mesh.devices)}
     return any(len({replica_of[i] for i in group}) > 1 for group in collective.groups)
+
+
+def processes_spanned(hlo_text: str, mesh) -> int:
+    """The most processes that one group of a cross-island collective joins (0 if there is none)."""
+    process_of = {int(d.id): d.process_index for d in mesh.devices.flat}
+    return max((len({process_of[i] for i in group}) for c in collectives(hlo_text, mesh)
+                if crosses_islands(c, mesh) for group in c.groups), default=0)
 
 
 def cross_island_bytes(hlo_text: str, mesh) -> tuple[int, int]:

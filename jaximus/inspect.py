@@ -4,16 +4,19 @@ state bytes per device, FLOPs per token, and cross-island bytes from the ledger 
     python -m jaximus.inspect --config experiments/diloco_nanochat/config.py [--schemes a,b] [key=value ...]
 """
 import argparse
+import json
 import math
 import sys
 from functools import partial
+from pathlib import Path
 
 import jax
 import numpy as np
 
 from jaximus import UserError
 from jaximus.config import check_config, finalize_config, load_experiment
-from jaximus.hlo import cross_island_bytes
+from jaximus.distributed import check_distributed, check_layout, initialize, is_primary, local_cpu_devices
+from jaximus.hlo import cross_island_bytes, processes_spanned
 from jaximus.mesh import batch_sharding, force_cpu_devices, make_mesh
 from jaximus.outer import make_sync_step
 from jaximus.state import abstract_state
@@ -55,7 +58,8 @@ def inspect_scheme(cfg, exp, mesh) -> dict:
             hlo = sync.build(groups).lower(state["islands"], state["outer"], weights).compile().as_text()
             count, measured = cross_island_bytes(hlo, mesh)
             events.append({"groups": sorted(groups), "per_step": rate, "hlo": measured, "collectives": count,
-                           "ledger": sum(scheme.ledger(island, groups).values())})
+                           "ledger": sum(scheme.ledger(island, groups).values()),
+                           "processes": processes_spanned(hlo, mesh)})
     inner_count, inner_measured = cross_island_bytes(inner_hlo, mesh)
     per_device = sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
                      for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(shardings)))
@@ -63,7 +67,8 @@ def inspect_scheme(cfg, exp, mesh) -> dict:
     flops = getattr(exp["model"], "flops_per_token", lambda c: None)(cfg)
     return {"scheme": scheme.name, "params": sum(x.size for x in jax.tree.leaves(island["params"])),
             "state_bytes_per_device": per_device, "flops_per_token": flops,
-            "inner": {"ledger": inner_ledger, "hlo": inner_measured, "collectives": inner_count}, "syncs": events,
+            "inner": {"ledger": inner_ledger, "hlo": inner_measured, "collectives": inner_count,
+                      "processes": processes_spanned(inner_hlo, mesh)}, "syncs": events,
             "bytes_per_step": inner_ledger + sum(e["ledger"] * e["per_step"] for e in events)}
 
 
@@ -75,24 +80,32 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--schemes", default=",".join(SCHEMES))
+    ap.add_argument("--json", help="also write the reports to this file")
     args, overrides = ap.parse_known_args(argv)
     try:
         exp = load_experiment(args.config)
         base = finalize_config(exp["config"], overrides)
         check_config(base)
-        force_cpu_devices(base.parallel.cpu_devices)
+        check_distributed(base)
+        force_cpu_devices(local_cpu_devices(base))
+        initialize(base)
         mesh = make_mesh(base.parallel.replica, base.parallel.fsdp)
+        check_layout(mesh)
         reports = [inspect_scheme(finalize_config(exp["config"], [*overrides, f"outer.name='{name}'"]), exp, mesh)
                    for name in args.schemes.split(",")]
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not is_primary():
+        return 0
+    if args.json:
+        Path(args.json).write_text(json.dumps(reports, indent=2))
     first = reports[0]
     print(f"{first['params']:,} params | {first['flops_per_token']:,} FLOPs/token | mesh {base.parallel.replica} islands "
           f"x {base.parallel.fsdp} devices ({base.parallel.strategy}) | bytes are what one island sends, before the "
           "all-reduce factor (a ring moves ~2(R-1)/R of it)")
     print(f"{'scheme':11} {'state/device':>13} {'event':22} {'per step':>8} {'ledger':>13} {'HLO':>13} {'colls':>5} "
-          f"{'amortized/step':>15}")
+          f"{'procs':>5} {'amortized/step':>15}")
     for r in reports:
         rows = [("inner step", 1.0, r["inner"])] if r["inner"]["ledger"] or r["inner"]["collectives"] else []
         rows += [("sync " + "+".join(e["groups"]), e["per_step"], e) for e in r["syncs"]]
@@ -100,7 +113,8 @@ def main(argv=None) -> int:
         for i, (event, rate, e) in enumerate(rows):
             head = (f"{r['scheme']:11} {_mib(r['state_bytes_per_device']):>13}" if i == 0 else " " * 25)
             tail = f"{_mib(r['bytes_per_step']):>15}" if i == 0 else ""
-            print(f"{head} {event:22} {rate:8.3f} {_mib(e['ledger']):>13} {_mib(e['hlo']):>13} {e['collectives']:5} {tail}")
+            print(f"{head} {event:22} {rate:8.3f} {_mib(e['ledger']):>13} {_mib(e['hlo']):>13} {e['collectives']:5} "
+                  f"{e['processes']:5} {tail}")
         if r["syncs"] and r["inner"]["collectives"]:
             print(f"{'':25} inner step has {r['inner']['collectives']} cross-island collectives!")
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from jaximus import UserError
+from jaximus.distributed import is_primary
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -46,10 +47,17 @@ def _keep_metrics_until(path: Path, step: int) -> None:
 
 
 class RunLogger:
-    """Writes <run.out_dir>/<run.name>/ and mirrors every metric to wandb under the same keys."""
+    """Writes <run.out_dir>/<run.name>/ and mirrors every metric to wandb under the same keys.
+
+    Only process 0 writes; on the others every method does nothing (metrics are global already).
+    """
 
     def __init__(self, cfg, config_dict: dict, total_steps: int, resume_step: int = 0):
         self.dir = Path(cfg.run.out_dir) / cfg.run.name
+        self.every = cfg.log.every
+        self.writes = is_primary()
+        if not self.writes:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         _keep_metrics_until(self.dir / "metrics.jsonl", resume_step)
         _atomic_write(self.dir / "config.json", json.dumps({**config_dict, "git_commit": git_commit()}, indent=2))
@@ -61,10 +69,11 @@ class RunLogger:
 
             self.wandb = wandb.init(project=cfg.wandb.project, name=cfg.run.name, dir=str(self.dir),
                                     config=config_dict, mode=mode)
-        self.every = cfg.log.every
         self.bar = tqdm(total=total_steps, desc=cfg.run.name, dynamic_ncols=True, mininterval=1.0)
 
     def log(self, metrics: dict) -> None:
+        if not self.writes:
+            return
         self.metrics.write(json.dumps(metrics) + "\n")
         self.metrics.flush()
         if self.wandb is not None:
@@ -74,14 +83,20 @@ class RunLogger:
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
 
     def advance(self, steps: int = 1) -> None:
+        if not self.writes:
+            return
         self.bar.update(steps)
 
     def write_summary(self, summary: dict) -> None:
+        if not self.writes:
+            return
         _atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2))
         if self.wandb is not None:
             self.wandb.summary.update(summary)
 
     def close(self) -> None:
+        if not self.writes:
+            return
         self.bar.close()
         self.metrics.close()
         if self.wandb is not None:

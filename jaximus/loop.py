@@ -15,6 +15,7 @@ import numpy as np
 
 from jaximus import UserError
 from jaximus.accounting import mfu
+from jaximus.distributed import all_processes_agree, gather_islands, global_batch, to_host
 from jaximus.evaluate import evaluate
 from outer_optimizers import sync_weights
 
@@ -89,7 +90,7 @@ def run_training(cfg, state, steps, loader, logger, schedules, scheme, ledger, p
     pending = None
     with Interrupt() as interrupt:
         for step in range(first, cfg.max_steps):
-            islands, loss = steps["train"](state["islands"], jax.device_put(next(loader), steps["batch_sharding"]))
+            islands, loss = steps["train"](state["islands"], global_batch(next(loader), steps["batch_sharding"]))
             state = {**state, "islands": islands}
             if serialize:
                 jax.block_until_ready(islands)
@@ -121,19 +122,21 @@ def run_training(cfg, state, steps, loader, logger, schedules, scheme, ledger, p
                 evals[done] = evaluate(steps["eval"], eval_params(state), steps["val_batches"])
                 logger.log({"step": done, "tokens": done * perf["tokens_per_step"], **evals[done]})
                 clock["last"] = time.perf_counter()  # evaluation time is not step time
-            if done % cfg.checkpoint.every == 0 or last or interrupt.signum:
+            stop = all_processes_agree(interrupt.signum or 0)  # every process stops at the same step
+            if done % cfg.checkpoint.every == 0 or last or stop:
                 if pending is not None:  # every logged step is covered by the checkpoint that follows it
                     _report(*pending, logger, clock)
                     pending = None
                 if not bool(_all_finite(state)):  # a finite loss can still precede an overflowing update
                     raise UserError(f"step {done}: non-finite parameters after the update; the last good "
                                     "checkpoint is kept. Lower the learning rates or check the data")
-                checkpointer.save(done, state, {"step": done, "loader": loader.state(), "evals": evals,
+                positions = gather_islands(loader.state()["positions"], loader.islands, cfg.parallel.replica)
+                checkpointer.save(done, state, {"step": done, "loader": {"positions": positions}, "evals": evals,
                                                 "ledger": {"bytes": ledger.bytes, "syncs": ledger.syncs},
                                                 "config": cfg.to_dict()})
-            if interrupt.signum and not last:
+            if stop and not last:
                 checkpointer.wait()
-                raise Interrupted(interrupt.signum, done)
+                raise Interrupted(stop, done)
     return state, _summary(cfg, evals, clock, perf, ledger)
 
 
@@ -152,7 +155,7 @@ class Interrupted(Exception):
 
 def _sync_metrics(sync_metrics, groups, scheme) -> dict:
     out = {"outer/groups": ",".join(sorted(groups)), "outer/lr": scheme.outer_lr()}
-    host = jax.device_get(sync_metrics)
+    host = to_host(sync_metrics)
     if "drift" in host:
         out.update({"outer/drift": float(np.mean(host["drift"])), "outer/drift_max": float(np.max(host["drift"])),
                     "outer/pseudo_grad_norm": float(host["pseudo_grad_norm"][0])})
@@ -173,7 +176,7 @@ def _summary(cfg, evals, clock, perf, ledger) -> dict:
 
 def _report(loss, metrics, perf, ready_at, logger, clock):
     """Log one step once its losses are on the host; step time is the gap between completions."""
-    losses = [float(x) for x in loss]
+    losses = [float(x) for x in to_host(loss)]
     now = ready_at or time.perf_counter()  # a serialized step completed when it was blocked on
     dt, clock["last"] = now - clock["last"], now
     clock["times"].append(dt)

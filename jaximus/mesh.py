@@ -5,6 +5,7 @@ Island state carries a leading replica axis R: leaf shape (R, ...) is sharded P(
 from pathlib import Path
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -30,7 +31,10 @@ def make_mesh(replica: int, fsdp: int) -> jax.sharding.Mesh:
         raise UserError(
             f"parallel.replica x parallel.fsdp = {replica} x {fsdp} = {replica * fsdp} but {n} devices "
             f"are present; set parallel.replica and parallel.fsdp so their product is {n}")
-    return jax.make_mesh((replica, fsdp), ("replica", "fsdp"), axis_types=(AxisType.Auto,) * 2)
+    # Process by process, so islands that divide evenly over processes never straddle two of them.
+    devices = sorted(jax.devices(), key=lambda dev: (dev.process_index, dev.id))
+    return jax.sharding.Mesh(np.array(devices, dtype=object).reshape(replica, fsdp), ("replica", "fsdp"),
+                             axis_types=(AxisType.Auto,) * 2)
 
 
 def island_spec(shape: tuple[int, ...], fsdp: int, strategy: str) -> P:

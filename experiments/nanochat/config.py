@@ -8,6 +8,7 @@ import os
 
 import sws
 
+from jaximus.distributed import add_distributed_config
 from outer_optimizers import add_outer_config
 
 
@@ -65,6 +66,7 @@ def get_config() -> sws.Config:
     c.eval.tokens = 65_536  # fixed held-out budget (nanochat: 20 x 2^19)
 
     add_outer_config(c)  # outer.name=sync: synchronous data-parallel across islands
+    add_distributed_config(c)  # one process unless launched as several (python -m jaximus.launch)
 
     c.run.out_dir = "runs"
     c.run.name = "nanochat"

@@ -74,6 +74,7 @@ class TrainLoader:
 
     def __init__(self, source, tokenizer, seq_len: int, rows_per_island: int, islands: list[int],
                  num_islands: int, state: dict | None = None, prefetch: int = 2):
+        self.islands = list(islands)
         positions = state["positions"] if state else [(0, 0, 0)] * len(islands)
         self.streams = [IslandStream(source, tokenizer, r, num_islands, tuple(p)) for r, p in zip(islands, positions)]
         self.row_tokens, self.rows = seq_len + 1, rows_per_island
