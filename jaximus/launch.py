@@ -86,8 +86,12 @@ class Launch:
                 child.send_signal(signum)
 
     def wait(self) -> int:
-        """The first non-zero exit code (0 if all succeed); a failure stops the rest within `grace` seconds."""
-        first_failure = None
+        """The first non-zero exit code (0 if all succeed); a failure stops the rest within `grace` seconds.
+
+        After a forwarded signal every process stops by itself at an agreed step; one still running
+        `grace` seconds after the first has exited is waiting on a dead peer, and is killed.
+        """
+        first_failure, first_exit = None, None
         while any(c.poll() is None for c in self.children):
             for pid, child in enumerate(self.children):
                 code = child.poll()
@@ -95,6 +99,12 @@ class Launch:
                     first_failure = (pid, code)
                     self.say(f"process {pid} failed ({describe(code)}); stopping the other processes")
                     self.stop_rest()
+            if self.interrupted and first_exit is None and any(c.poll() is not None for c in self.children):
+                first_exit = time.monotonic()
+            if first_exit is not None and time.monotonic() - first_exit > self.grace:
+                self.say(f"processes still running {self.grace:g} s after the first stopped; killing them")
+                self.signal_all(signal.SIGKILL)
+                first_exit = float("inf")
             time.sleep(0.05)
         for relay in self.relays:
             relay.join(timeout=5)

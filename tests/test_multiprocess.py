@@ -1,0 +1,144 @@
+"""Two processes x 4 fake CPU devices on loopback jax.distributed, each case in subprocesses with a timeout."""
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import ROOT, TINY
+
+from train import main as train_main
+
+DILOCO = "experiments/diloco_nanochat/config.py"
+LAUNCH = [sys.executable, "-m", "jaximus.launch", "--processes", "2", "--grace", "5", "--"]
+RUN = [*TINY, "outer.sync_every=2", "checkpoint.every=4"]
+TIMEOUT = 300
+# Gloo sums in another order than the in-process all-reduce: equal to float32 rounding, not bitwise
+RTOL = 1e-5
+
+
+def launch(*args, timeout=TIMEOUT):
+    return subprocess.run([*LAUNCH, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(run_dir, timings=True):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return rows if timings else [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("two")
+    results = {}
+    for scheme in ("sync", "diloco"):
+        result = launch("train.py", "--config", DILOCO, *RUN, f"outer.name={scheme}", f"run.out_dir={out}",
+                        f"run.name={scheme}")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        results[scheme] = (out / scheme, result.stdout)
+    return results
+
+
+@pytest.mark.parametrize("scheme", ["sync", "diloco"])
+def test_two_processes_log_what_one_process_logs(scheme, two_process_runs, tmp_path):
+    run_dir, stdout = two_process_runs[scheme]
+    assert train_main(["--config", DILOCO, *RUN, f"outer.name={scheme}", f"run.out_dir={tmp_path}", "run.name=one"]) == 0
+    one, two = metrics(tmp_path / "one"), metrics(run_dir)
+    assert [r["step"] for r in one] == [r["step"] for r in two] and len(one) > 8
+    for a, b in zip(one, two):
+        for key in [k for k in a if k.startswith(("train/", "val/"))]:
+            assert b[key] == pytest.approx(a[key], rel=RTOL), (a["step"], key)
+        assert a.get("comm/cross_island_bytes") == b.get("comm/cross_island_bytes")
+        assert a.get("comm/syncs") == b.get("comm/syncs")
+    assert "[p0] jaximus: done" in stdout
+    assert not [line for line in stdout.splitlines() if line.startswith("[p1]") and "jaximus" in line]
+
+
+def test_a_two_process_run_resumes_exactly(two_process_runs, tmp_path):
+    """Rewind the finished 2-process DiLoCo run to its step-4 checkpoint and replay: identical to the first time."""
+    run_dir, _ = two_process_runs["diloco"]
+    first = metrics(run_dir, timings=False)
+    copy = tmp_path / "diloco"
+    subprocess.run(["cp", "-r", str(run_dir), str(copy)], check=True)
+    result = launch("train.py", "--config", DILOCO, *RUN, "outer.name=diloco", f"run.out_dir={tmp_path}",
+                    "run.name=diloco", "run.resume=4")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "[p0] jaximus: resuming from step 4" in result.stdout
+    assert metrics(copy, timings=False) == first  # both processes restored their own shards and loader positions
+
+
+def test_cross_island_collectives_run_across_processes(tmp_path):
+    report = tmp_path / "inspect.json"
+    result = launch("-m", "jaximus.inspect", "--config", DILOCO, *TINY, "--schemes", "sync,diloco",
+                    "--json", str(report))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    sync, diloco = json.loads(report.read_text())
+    assert sync["inner"]["collectives"] >= 1 and sync["inner"]["processes"] == 2  # gradients cross processes
+    assert sync["inner"]["hlo"] == sync["inner"]["ledger"]
+    assert diloco["inner"]["collectives"] == 0 and diloco["inner"]["processes"] == 0  # nothing leaves an island
+    assert [(e["processes"], e["hlo"] == e["ledger"]) for e in diloco["syncs"]] == [(2, True)]
+
+
+def test_killing_one_process_stops_the_launch_with_a_clear_message(tmp_path):
+    name = f"victim{time.monotonic_ns()}"
+    command = [*LAUNCH, "train.py", "--config", DILOCO, *TINY, "max_steps=100000", "eval.every=100000",
+               "checkpoint.every=100000", f"run.out_dir={tmp_path}", f"run.name={name}"]
+    launcher = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(launcher.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + TIMEOUT
+    while not any("jaximus:" in line for line in lines):  # process 0 has compiled and is training
+        assert time.monotonic() < deadline and launcher.poll() is None, "".join(lines)
+        time.sleep(0.2)
+    pid = subprocess.run(["pgrep", "-f", f"run.name={name} .*distributed.process_id=1"], capture_output=True,
+                         text=True).stdout.split()
+    assert len(pid) == 1
+    killed = time.monotonic()
+    subprocess.run(["kill", "-KILL", pid[0]], check=True)
+    stderr = launcher.stderr.read()
+    code = launcher.wait(timeout=60)
+    assert time.monotonic() - killed < 30  # SIGTERM to the survivor, SIGKILL after the 5 s grace
+    assert code == 137
+    assert "launch: failed: process 1 of 2, killed by SIGKILL" in stderr
+    assert subprocess.run(["pgrep", "-f", f"run.name={name}"], capture_output=True).returncode == 1  # none left
+
+
+def test_distributed_keys_are_checked(tmp_path, capsys):
+    assert train_main(["--config", DILOCO, *TINY, "distributed.num_processes=2", "distributed.process_id=0"]) == 2
+    assert "distributed.coordinator" in capsys.readouterr().err
+    assert train_main(["--config", DILOCO, *TINY, "distributed.num_processes=2", "distributed.process_id=2",
+                       "distributed.coordinator=127.0.0.1:1"]) == 2
+    assert "0 <= process_id < num_processes" in capsys.readouterr().err
+
+
+def test_an_island_may_not_straddle_processes(tmp_path):
+    result = launch("train.py", "--config", DILOCO, *TINY, "parallel.replica=1", "parallel.fsdp=8",
+                    f"run.out_dir={tmp_path}", timeout=120)
+    assert result.returncode == 2
+    assert "[p0] error: parallel.replica=1 islands do not divide evenly over 2 processes" in result.stdout
+    assert "launch: failed: process" in result.stderr
+
+
+def test_launcher_usage_errors():
+    result = subprocess.run([sys.executable, "-m", "jaximus.launch", "--processes", "2", "train.py"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "usage: python -m jaximus.launch" in result.stderr
+
+
+def test_sigint_to_the_launcher_saves_on_every_process_and_exits_130(tmp_path):
+    command = [*LAUNCH, "train.py", "--config", DILOCO, *TINY, "max_steps=100000", "eval.every=100000",
+               "checkpoint.every=100000", "outer.name=diloco", f"run.out_dir={tmp_path}", "run.name=stop"]
+    launcher = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    threading.Thread(target=lambda: lines.extend(launcher.stdout), daemon=True).start()
+    deadline, log = time.monotonic() + TIMEOUT, tmp_path / "stop" / "metrics.jsonl"
+    while not (log.is_file() and log.read_text().count("\n") >= 2):  # both processes are in the training loop
+        assert time.monotonic() < deadline and launcher.poll() is None, "".join(lines)
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGINT)
+    stderr = launcher.stderr.read()
+    assert launcher.wait(timeout=120) == 130, stderr
+    saved = [p.name for p in (tmp_path / "stop" / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(saved) == 1  # one checkpoint, at the step both processes agreed on
