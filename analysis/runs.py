@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jaximus import UserError
+from jaximus.checkpoint import flat_config
 
 # Keys that may differ between runs of one comparison: the scheme itself and where/how the run is kept.
 COMPARABLE_EXCEPT = ("outer.", "run.", "faults.", "log.", "wandb.", "checkpoint.", "resolved.", "git_commit",
@@ -87,19 +88,9 @@ class Run:
         return next((r for r in self.evals if r["step"] == step), None)
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def config_differences(a: Run, b: Run) -> dict[str, tuple]:
     """Keys (other than the scheme's and the run's own) whose values differ: {key: (a's, b's)}."""
-    fa, fb = _flatten(a.config), _flatten(b.config)
+    fa, fb = flat_config(a.config), flat_config(b.config)
     keys = sorted(set(fa) | set(fb))
     return {k: (fa.get(k), fb.get(k)) for k in keys
             if not k.startswith(COMPARABLE_EXCEPT) and fa.get(k) != fb.get(k)}
