@@ -114,22 +114,27 @@ def utilization_curve(events, steps, compute_s, islands, latency_s, algorithm, o
             for g in gbps]
 
 
-# Streaming DiLoCo, 2501.18512 Table 4 (H = 100, M = 2): Gbit/s needed for each compute utilization,
-# for the 1B model whose step takes 0.1 s (Kaplan FLOPs at 60% MFU).
+# Streaming DiLoCo, 2501.18512 Table 4 (H = 100, M = 2, Kaplan FLOPs at 60% MFU): Gbit/s needed for each
+# compute utilization. {(model, parameters, seconds per step): {method: {utilization: Gbit/s}}}.
+# Streaming's 10B and 100B rows are left out: their fragment counts (layers / 3) are not given.
 PUBLISHED_H = 100
-PUBLISHED_1B = {
-    "Data-Parallel": {0.5: 86.8, 0.8: 152.6, 0.9: 184.2, 0.95: 222.3, 0.99: 569.0},
-    "Vanilla DiLoCo": {0.5: 1.4, 0.8: 6.2, 0.9: 13.3, 0.95: 23.3, 0.99: 86.8},
-    "Streaming + overlap + FP4": {0.5: 0.4, 0.8: 0.9, 0.9: 1.7, 0.95: 2.0, 0.99: 3.0},
+PUBLISHED = {
+    ("1B", 1e9, 0.1): {
+        "Data-Parallel": {0.5: 86.8, 0.8: 152.6, 0.9: 184.2, 0.95: 222.3, 0.99: 569.0},
+        "Vanilla DiLoCo": {0.5: 1.4, 0.8: 6.2, 0.9: 13.3, 0.95: 23.3, 0.99: 86.8},
+        "Streaming + overlap + FP4": {0.5: 0.4, 0.8: 0.9, 0.9: 1.7, 0.95: 2.0, 0.99: 3.0},
+    },
+    ("10B", 10e9, 0.8): {"Data-Parallel": {0.5: 104.8, 0.8: 222.3, 0.9: 222.3, 0.95: 268.3, 0.99: 471.5}},
+    ("100B", 100e9, 4.9): {"Data-Parallel": {0.5: 184.2, 0.8: 323.8, 0.9: 390.7, 0.95: 390.7, 0.99: 471.5}},
 }
 
 
-def published_setups(params: float = 1e9, step_s: float = 0.1, sync_every: int = PUBLISHED_H, fragments: int = 8):
-    """Our model of the three 1B rows over one window of H steps: {name: (events in bytes, overlap seconds)}.
+def published_setups(params: float, step_s: float, sync_every: int = PUBLISHED_H, fragments: int = 8):
+    """Our model of the paper's methods over one window of H steps: {name: (events in bytes, overlap seconds)}.
 
     Data-parallel all-reduces bf16 gradients every step, hidden behind the backward pass. Vanilla DiLoCo
-    sends bf16 parameters every H steps and blocks. Streaming sends one of P fragments (3 of the 24
-    layers) every H/P steps in FP4 (0.5 byte per parameter) and hides it behind one inner step (tau = 1).
+    sends bf16 parameters every H steps and blocks. Streaming sends one of P fragments (3 of the 1B's
+    24 layers) every H/P steps in FP4 (0.5 byte per parameter) and hides it behind one inner step (tau = 1).
     """
     return {
         "Data-Parallel": ([2.0 * params] * sync_every, BACKWARD_SHARE * step_s),
@@ -138,13 +143,16 @@ def published_setups(params: float = 1e9, step_s: float = 0.1, sync_every: int =
     }
 
 
-def check_published(step_s: float = 0.1, islands: int = 2) -> list[tuple[str, float, float, float]]:
-    """(method, utilization, published Gbit/s, modelled Gbit/s) for every cell of the 1B rows."""
+def check_published(islands: int = 2) -> list[tuple[str, str, float, float, float]]:
+    """(model, method, utilization, published Gbit/s, modelled Gbit/s) for every published cell."""
     rows = []
-    for name, (events, overlap) in published_setups(step_s=step_s).items():
-        for target, published in PUBLISHED_1B[name].items():
-            modelled = bandwidth_for(target, events, PUBLISHED_H, step_s, islands, overlap_s=overlap)
-            rows.append((name, target, published, modelled))
+    for (model, params, step_s), methods in PUBLISHED.items():
+        setups = published_setups(params, step_s)
+        for name, cells in methods.items():
+            events, overlap = setups[name]
+            for target, published in cells.items():
+                modelled = bandwidth_for(target, events, PUBLISHED_H, step_s, islands, overlap_s=overlap)
+                rows.append((model, name, target, published, modelled))
     return rows
 
 
@@ -181,16 +189,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m analysis.network", description=__doc__.splitlines()[0])
     parser.add_argument("--figure", help="write compute utilization vs bandwidth for the 1B setups to this PNG")
     args = parser.parse_args(argv)
-    print("Streaming DiLoCo 1B (step 0.1 s, M = 2, H = 100, ring all-reduce): Gbit/s for a compute utilization")
-    print("| method | CU | published | this model | ratio |\n|---|---|---|---|---|")
-    for name, target, published, modelled in check_published():
-        print(f"| {name} | {target:.0%} | {published:g} | {modelled:.2f} | {modelled / published:.2f} |")
+    print("Streaming DiLoCo Table 4 (M = 2, H = 100, ring all-reduce): Gbit/s for a compute utilization")
+    print("| model | method | CU | published | this model | ratio |\n|---|---|---|---|---|---|")
+    for model, name, target, published, modelled in check_published():
+        print(f"| {model} | {name} | {target:.0%} | {published:g} | {modelled:.2f} | {modelled / published:.2f} |")
     if args.figure:
         gbps = np.logspace(-1.5, 3, 120)
         curves = {name: (gbps, utilization_curve(events, PUBLISHED_H, 0.1, 2, 0.0, "ring", overlap, gbps))
-                  for name, (events, overlap) in published_setups().items()}
+                  for name, (events, overlap) in published_setups(1e9, 0.1).items()}
         plot_utilization(curves, args.figure, "1B model, M = 2, H = 100: model (lines) vs 2501.18512 (x)",
-                         PUBLISHED_1B)
+                         PUBLISHED["1B", 1e9, 0.1])
         print(f"wrote {args.figure}")
 
 
