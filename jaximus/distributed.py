@@ -46,6 +46,8 @@ def initialize(cfg) -> None:
     if d.auto:
         jax.distributed.initialize(initialization_timeout=d.timeout_s)
     elif d.num_processes > 1:
+        print(f"jaximus: process {d.process_id} of {d.num_processes} joining {d.coordinator} (waiting up to "
+              f"{d.timeout_s} s for the others)", flush=True)
         jax.distributed.initialize(d.coordinator, d.num_processes, d.process_id, initialization_timeout=d.timeout_s)
 
 

@@ -88,8 +88,8 @@ def test_killing_one_process_stops_the_launch_with_a_clear_message(tmp_path):
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(launcher.stdout), daemon=True)
     reader.start()
-    deadline = time.monotonic() + TIMEOUT
-    while not any("jaximus:" in line for line in lines):  # process 0 has compiled and is training
+    deadline, log = time.monotonic() + TIMEOUT, tmp_path / name / "metrics.jsonl"
+    while not (log.is_file() and log.read_text().count("\n") >= 2):  # both processes are training
         assert time.monotonic() < deadline and launcher.poll() is None, "".join(lines)
         time.sleep(0.2)
     pid = subprocess.run(["pgrep", "-f", f"run.name={name} .*distributed.process_id=1"], capture_output=True,
