@@ -128,19 +128,17 @@ class Launch:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if "--" not in argv:
-        print("error: usage: python -m jaximus.launch --processes N -- train.py --config ... [key=value ...]",
-              file=sys.stderr)
-        return 2
-    split = argv.index("--")
-    parser = argparse.ArgumentParser(prog="python -m jaximus.launch", description=__doc__.splitlines()[0])
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = argparse.ArgumentParser(prog="python -m jaximus.launch", description=__doc__.splitlines()[0],
+                                     usage="python -m jaximus.launch [--processes N] [--grace S] -- COMMAND ...")
     parser.add_argument("--processes", type=int, default=2, help="processes to start (default 2)")
     parser.add_argument("--grace", type=float, default=20.0,
                         help="seconds the others get to stop after one fails, before SIGKILL (default 20)")
     args = parser.parse_args(argv[:split])
     command = argv[split + 1:]
     if args.processes < 1 or not command:
-        print("error: --processes must be >= 1 and a command must follow --", file=sys.stderr)
+        print("error: usage: python -m jaximus.launch --processes N -- train.py --config ... [key=value ...] "
+              "(N >= 1, and a command after --)", file=sys.stderr)
         return 2
     if command[0].endswith(".py") or command[0] == "-m":
         command = [sys.executable, *command]

@@ -70,8 +70,8 @@ def test_sweep_runs_points_in_parallel_and_skips_finished_ones(tmp_path):
 
 def test_an_interrupted_sweep_resumes_when_run_again(tmp_path):
     out = tmp_path / "sweep"
-    command = [sys.executable, "-m", "analysis.sweep", "--config", DILOCO, "--out", str(out), *TINY, "max_steps=60",
-               "checkpoint.every=1000", "outer.name=sync,diloco"]
+    command = [sys.executable, "-m", "analysis.sweep", "--config", DILOCO, "--out", str(out), *TINY,
+               "max_steps=150", "eval.every=50", "checkpoint.every=1000", "outer.name=sync,diloco"]
     sweep_process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = out / "logs" / "sync.log"
     deadline = time.monotonic() + 300
