@@ -119,10 +119,11 @@ def figures(runs: list[Run], cluster: Cluster, out: Path) -> list[Path]:
     from analysis.network import plot_utilization, save_png
     series = {}
     for run in runs:
-        train = {r["step"]: r for r in run.train_rows}
-        points = [(e["tokens"], train[e["step"]]["comm/cross_island_bytes"] / MiB,
-                   projection(run, cluster, e["step"]).wall_overlap_s, e["val/bpb"]) for e in run.evals if e["step"] in train]
-        series[run.name] = np.array(points).reshape(-1, 4)
+        sent = {r["step"]: r["comm/cross_island_bytes"] / MiB for r in run.train_rows}
+        points = [(e["tokens"], sent.get(e["step"]) or np.nan,  # nothing sent yet has no place on a log axis
+                   projection(run, cluster, e["step"]).wall_overlap_s if e["step"] else 0.0, e["val/bpb"])
+                  for e in run.evals if e["step"] in sent or e["step"] == 0]
+        series[run.name] = np.array(points, dtype=np.float64).reshape(-1, 4)
     written = []
     for column, name, xlabel, log in ((0, "bpb_vs_tokens", "tokens", False),
                                       (1, "bpb_vs_bytes", "cross-island MiB sent per island", True),

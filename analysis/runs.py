@@ -53,7 +53,7 @@ class Run:
 
     @property
     def tokens_per_step(self) -> int:
-        row = self.rows[0]
+        row = self.train_rows[0]
         return row["tokens"] // row["step"]
 
     @property

@@ -86,6 +86,7 @@ def run_training(cfg, state, steps, loader, logger, schedules, scheme, ledger, p
         logger.advance(first)
     else:
         evals = {0: evaluate(steps["eval"], eval_params(state), steps["val_batches"])}
+        logger.log({"step": 0, "tokens": 0, **evals[0]})  # curves start from the shared initialization
     clock = {"last": time.perf_counter(), "times": []}
     pending = None
     with Interrupt() as interrupt:

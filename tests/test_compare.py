@@ -25,7 +25,7 @@ def write_run(path, scheme, final_bpb, every=1, steps=4, tokens_per_step=1000, f
                            "ledger": {"per_inner_step": {"grads": 100 * MiB}, "per_sync": {}} if per_step
                            else {"per_inner_step": {}, "per_sync": {"params": 100 * MiB}}}}
     (path / "config.json").write_text(json.dumps(config))
-    lines, syncs = [], 0
+    lines, syncs = [{"step": 0, "tokens": 0, "val/loss": 1.0, "val/bpb": final_bpb + steps * 0.1}], 0
     for step in range(1, steps + 1):
         syncs += 1 if per_step or step % every == 0 else 0
         lines.append({"step": step, "tokens": step * tokens_per_step, "train/loss": 3.0,

@@ -66,7 +66,8 @@ def test_smoke_run_writes_run_directory(tmp_path, capsys, monkeypatch):
         assert key in train[-1]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["val/bpb"] < summary["val/bpb_initial"] and summary["steps"] == 12
-    assert [m["step"] for m in metrics if "val/bpb" in m] == [4, 8, 12]
+    assert [m["step"] for m in metrics if "val/bpb" in m] == [0, 4, 8, 12]
+    assert metrics[0] == {"step": 0, "tokens": 0, "val/loss": metrics[0]["val/loss"], "val/bpb": summary["val/bpb_initial"]}
     assert list((run / "wandb").glob("offline-run-*")), "wandb offline run missing"
     assert "done | val bpb" in capsys.readouterr().out
 
