@@ -29,7 +29,7 @@ from jaximus.distributed import (
     replicated_input,
 )
 from jaximus.evaluate import split_val_rows, val_sharding
-from jaximus.log import RunLogger, resolve_wandb_mode
+from jaximus.log import make_logger, resolve_wandb_mode
 from jaximus.loop import Interrupted, Ledger, run_training
 from jaximus.mesh import batch_sharding, enable_compile_cache, force_cpu_devices, make_mesh
 from jaximus.outer import make_sync_step
@@ -92,8 +92,8 @@ def train(cfg, exp) -> dict:
                 checkpointer.close()
                 say(f"jaximus: already complete at step {step}; raise max_steps to train further")
                 return json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-        logger = RunLogger(cfg, {**cfg.to_dict(), "resolved": run_info}, cfg.max_steps,
-                           resume_step=restored[0] if restored else 0)
+        logger = make_logger(cfg, {**cfg.to_dict(), "resolved": run_info}, cfg.max_steps,
+                            resume_step=restored[0] if restored else 0)
         positions = restored[2]["loader"]["positions"] if restored else None
         loader = TrainLoader(source, tokenizer, T, B // R, islands, R, prefetch=cfg.data.prefetch,
                              state={"positions": [positions[r] for r in islands]} if positions else None)

@@ -47,17 +47,11 @@ def _keep_metrics_until(path: Path, step: int) -> None:
 
 
 class RunLogger:
-    """Writes <run.out_dir>/<run.name>/ and mirrors every metric to wandb under the same keys.
-
-    Only process 0 writes; on the others every method does nothing (metrics are global already).
-    """
+    """Writes <run.out_dir>/<run.name>/ and mirrors every metric to wandb under the same keys."""
 
     def __init__(self, cfg, config_dict: dict, total_steps: int, resume_step: int = 0):
         self.dir = Path(cfg.run.out_dir) / cfg.run.name
         self.every = cfg.log.every
-        self.writes = is_primary()
-        if not self.writes:
-            return
         self.dir.mkdir(parents=True, exist_ok=True)
         _keep_metrics_until(self.dir / "metrics.jsonl", resume_step)
         _atomic_write(self.dir / "config.json", json.dumps({**config_dict, "git_commit": git_commit()}, indent=2))
@@ -72,8 +66,6 @@ class RunLogger:
         self.bar = tqdm(total=total_steps, desc=cfg.run.name, dynamic_ncols=True, mininterval=1.0)
 
     def log(self, metrics: dict) -> None:
-        if not self.writes:
-            return
         self.metrics.write(json.dumps(metrics) + "\n")
         self.metrics.flush()
         if self.wandb is not None:
@@ -83,21 +75,40 @@ class RunLogger:
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
 
     def advance(self, steps: int = 1) -> None:
-        if not self.writes:
-            return
         self.bar.update(steps)
 
     def write_summary(self, summary: dict) -> None:
-        if not self.writes:
-            return
         _atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2))
         if self.wandb is not None:
             self.wandb.summary.update(summary)
 
     def close(self) -> None:
-        if not self.writes:
-            return
         self.bar.close()
         self.metrics.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+class QuietLogger:
+    """The logger of every process but 0: the same calls, nothing written (the metrics are global already)."""
+
+    def __init__(self, cfg):
+        self.dir = Path(cfg.run.out_dir) / cfg.run.name
+        self.every = cfg.log.every
+
+    def log(self, metrics: dict) -> None:
+        pass
+
+    def advance(self, steps: int = 1) -> None:
+        pass
+
+    def write_summary(self, summary: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def make_logger(cfg, config_dict: dict, total_steps: int, resume_step: int = 0):
+    """Process 0 writes the run directory, wandb and the progress bar; the others write nothing."""
+    return RunLogger(cfg, config_dict, total_steps, resume_step) if is_primary() else QuietLogger(cfg)
