@@ -11,6 +11,11 @@ COMPARABLE_EXCEPT = ("outer.", "run.", "faults.", "log.", "wandb.", "checkpoint.
                      "data.cache_dir", "data.prefetch", "eval.every")
 
 
+def _largest(rows: list[dict], key: str):
+    """The latest value of a cumulative metric: steps, tokens and the ledger only grow."""
+    return max((r[key] for r in rows), default=0)
+
+
 @dataclass
 class Run:
     name: str
@@ -45,11 +50,11 @@ class Run:
 
     @property
     def steps(self) -> int:
-        return max((r["step"] for r in self.rows), default=0)
+        return _largest(self.rows, "step")
 
     @property
     def tokens(self) -> int:
-        return max((r["tokens"] for r in self.rows), default=0)
+        return _largest(self.rows, "tokens")
 
     @property
     def tokens_per_step(self) -> int:
@@ -59,11 +64,11 @@ class Run:
     @property
     def bytes(self) -> int:
         """Cross-island bytes each island has sent so far."""
-        return max((r["comm/cross_island_bytes"] for r in self.train_rows), default=0)
+        return _largest(self.train_rows, "comm/cross_island_bytes")
 
     @property
     def syncs(self) -> int:
-        return max((r["comm/syncs"] for r in self.train_rows), default=0)
+        return _largest(self.train_rows, "comm/syncs")
 
     @property
     def blocking_every_step(self) -> bool:

@@ -147,7 +147,7 @@ class Runner:
 
     def run(self, index: int, point: dict) -> int:
         name = point["name"]
-        if (self.out / name / "summary.json").is_file() or self.manifest.done(name):
+        if (self.out / name / "summary.json").is_file() or (self.manifest.done(name) and (self.out / name).is_dir()):
             self.say(index, name, "finished earlier, skipped")
             self.manifest.record(name, state="done", skipped=True)
             return 0
