@@ -94,7 +94,7 @@ def table(runs: list[Run], cluster: Cluster) -> tuple[str, list[str]]:
     """The markdown table and the warnings to print beside it."""
     reference, warnings = reference_of(runs)
     lines = ["| run | scheme | H | steps | tokens | val bpb | vs sync | MiB sent per island | reduction | syncs "
-             "| projected time | CU | CU, overlapped | flags |",
+             "| projected time, blocking | CU | CU, overlapped | flags |",
              "|" + "---|" * 14]
     for run in runs:
         p = projection(run, cluster)

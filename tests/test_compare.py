@@ -66,9 +66,9 @@ def test_table_numbers_from_hand_made_runs(tmp_path, capsys):
     assert (diloco["val bpb"], diloco["vs sync"], diloco["MiB sent per island"]) == ("2.1000", "+0.1000", "200")
     assert (diloco["reduction"], diloco["syncs"], diloco["H"], diloco["tokens"]) == ("2x", "2", "2", "4,000")
     # sync: 4 s compute + 4 all-reduces of 1 s; overlapped, each hides behind the 2/3 s backward pass
-    assert (sync["projected time"], sync["CU"], sync["CU, overlapped"]) == ("8 s", "50.0%", "75.0%")
+    assert (sync["projected time, blocking"], sync["CU"], sync["CU, overlapped"]) == ("8 s", "50.0%", "75.0%")
     # diloco: 4 s + 2 blocking syncs of 1 s; overlapped, each hides behind one whole inner step
-    assert (diloco["projected time"], diloco["CU"], diloco["CU, overlapped"]) == ("6 s", "66.7%", "100.0%")
+    assert (diloco["projected time, blocking"], diloco["CU"], diloco["CU, overlapped"]) == ("6 s", "66.7%", "100.0%")
     assert sync["flags"] == diloco["flags"] == ""
     assert (tmp_path / "report" / "results.md").read_text() in out
     for name in ("bpb_vs_tokens", "bpb_vs_bytes", "bpb_vs_wallclock", "utilization_vs_bandwidth"):
@@ -82,7 +82,7 @@ def test_step_time_from_flops_or_measured(tmp_path, capsys):
     assert compute_s(run, Cluster(Link(1.0), step_s="measured")) == 2.0
     code, out, _ = compare(capsys, tmp_path / "sync", "--out", tmp_path / "b", "--step-time", "measured",
                            "--gbps", ONE_SECOND_GBPS, "--latency-ms", "0")
-    assert table_rows(out)["sync"]["projected time"] == "12 s"  # 4 steps of the measured 2 s + 4 x 1 s
+    assert table_rows(out)["sync"]["projected time, blocking"] == "12 s"  # 4 steps of the measured 2 s + 4 x 1 s
 
 
 def test_mismatched_runs_are_flagged_not_silently_compared(tmp_path, capsys):
