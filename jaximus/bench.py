@@ -25,44 +25,31 @@ def measure(config_path: str, overrides: list[str], steps: int) -> dict:
     import jax
     import numpy as np
 
-    from jaximus.accounting import mfu, peak_flops
-    from jaximus.config import check_config, finalize_config, load_experiment
-    from jaximus.mesh import batch_sharding, force_cpu_devices, make_mesh
-    from jaximus.state import init_state
-    from jaximus.step import make_train_step
+    from jaximus.accounting import mfu
+    from jaximus.build import build, start
 
-    exp = load_experiment(config_path)
-    cfg = finalize_config(exp["config"], overrides)
-    check_config(cfg)
-    force_cpu_devices(cfg.parallel.cpu_devices)
-    mesh = make_mesh(cfg.parallel.replica, cfg.parallel.fsdp)
-    peak, _ = peak_flops()
-    tx, _, _ = exp["optimizer"].make_optimizer(cfg)
-    forward = exp["model"].make_model_forward(cfg)
-    R, B, T = cfg.parallel.replica, cfg.data.batch_size, cfg.data.seq_len
+    cfg, exp = start(config_path, overrides)
     rng = np.random.default_rng(0)
-    with jax.set_mesh(mesh):
-        init = lambda k: exp["model"].init_model_weights(cfg, k)  # noqa: E731
-        full, shardings = init_state(init, tx, mesh, cfg.parallel.strategy, jax.random.key(0))
-        state = full["islands"]
-        step = make_train_step(forward, tx, mesh, shardings["islands"])
-        batches = [jax.device_put(rng.integers(0, cfg.model.vocab_size, (R, B // R, T + 1), dtype=np.int32),
-                                  batch_sharding(mesh)) for _ in range(4)]
+    R, B, T = cfg.parallel.replica, cfg.data.batch_size, cfg.data.seq_len
+    with build(cfg, exp, purpose="measure") as run:
+        state = run.state
+        batches = [run.batch(rng.integers(0, cfg.model.vocab_size, (R, B // R, T + 1), dtype=np.int32))
+                   for _ in range(4)]
         t = time.perf_counter()
-        state, loss = step(state, batches[0])
+        state, loss = run.step(state, batches[0])
         jax.block_until_ready(loss)
         first = time.perf_counter() - t
         times = []
         for i in range(steps):
             t = time.perf_counter()
-            state, loss = step(state, batches[i % 4])
+            state, loss = run.step(state, batches[i % 4])
             jax.block_until_ready(loss)
             times.append(time.perf_counter() - t)
     step_s = statistics.median(times)
-    fpt = exp["model"].flops_per_token(cfg)
+    fpt = run.perf["flops_per_token"]
     return {"impl": "jaximus", "mesh": f"{R}x{cfg.parallel.fsdp}", "dtype": cfg.model.compute_dtype,
             "tokens_per_sec": B * T / step_s, "step_s": step_s, "compile_s": first - step_s,
-            "mfu": mfu(fpt, B * T / step_s, peak), "flops_per_token": fpt}
+            "mfu": mfu(fpt, B * T / step_s, run.perf["peak"]), "flops_per_token": fpt}
 
 
 def _child(config_path, overrides, steps) -> dict:

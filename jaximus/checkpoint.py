@@ -4,11 +4,11 @@ A checkpoint holds the training state (islands and outer), the step, the data lo
 ledger's totals, the evaluations so far and the resolved config. Orbax writes to a temporary directory
 and renames it when complete, so a run killed mid-save leaves the previous checkpoint intact.
 """
+import json
 import shutil
 import sys
 from pathlib import Path
 
-import jax
 import orbax.checkpoint as ocp
 
 from jaximus import UserError
@@ -50,7 +50,7 @@ class Checkpointer:
                                                         meta=ocp.args.JsonSave(meta)), force=True)
 
     def restore(self, abstract_state, step: int | None = None):
-        """(step, state, meta) from `step`, or from the newest checkpoint that reads back; None if none does."""
+        """(state, meta) from `step`, or from the newest checkpoint that reads back; None if none does."""
         steps = sorted(self.manager.all_steps(), reverse=True)
         if step is not None:
             if step not in steps:
@@ -62,7 +62,7 @@ class Checkpointer:
                     state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
                 for newer in (n for n in self.manager.all_steps() if n > s):
                     self.manager.delete(newer)  # a rewind: later checkpoints belong to a future we replay
-                return s, out["state"], out["meta"]
+                return out["state"], out["meta"]
             except Exception as e:  # a corrupt checkpoint: fall back to the one before it
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
                 print(f"warning: checkpoint {self.dir / str(s)} is unreadable ({reason}); trying an older one",
@@ -77,11 +77,21 @@ class Checkpointer:
         self.manager.close()
 
 
-def abstract_like(state):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-
-
 def clear(directory: Path) -> None:
     """run.resume=fresh: forget earlier checkpoints of this run."""
     if directory.exists():
         shutil.rmtree(directory)
+
+
+def check_resume(cfg, run_dir: Path) -> bool:
+    """Whether to restore; fails, before anything is written, on a frozen key changed since the checkpoints."""
+    if cfg.run.resume == "fresh":
+        return False
+    saved = run_dir / "config.json"
+    if not (run_dir / "checkpoints").is_dir() or not saved.exists():
+        return False
+    changed = frozen_differences(json.loads(saved.read_text()), cfg.to_dict())
+    if changed:
+        raise UserError(f"{run_dir}: its checkpoints come from another config; changed: {'; '.join(changed)}. "
+                        "Use another run.name, or run.resume=fresh to start over")
+    return True

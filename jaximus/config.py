@@ -11,8 +11,9 @@ from types import ModuleType
 import sws
 
 from jaximus import UserError
+from jaximus.schema import check_types, flatten
 
-CONTRACT = {
+CONTRACT = {  # an experiment's config.py may also define config_schema() and check_config(cfg)
     "config.py": ["get_config"],
     "model.py": ["init_model_weights", "make_model_forward"],
     "optimizer.py": ["make_optimizer"],
@@ -46,8 +47,8 @@ def load_experiment(config_path: str) -> dict[str, ModuleType]:
     return modules
 
 
-def finalize_config(config_module: ModuleType, overrides: list[str]) -> sws.FinalConfig:
-    """get_config() with the command line's key=value overrides applied."""
+def finalize_config(config_module: ModuleType, overrides: list[str], schema: dict | None = None) -> sws.FinalConfig:
+    """get_config() with the command line's key=value overrides applied, every value checked against schema."""
     builder = config_module.get_config()
     if not isinstance(builder, sws.Config):
         raise UserError(f"{config_module.__file__}: get_config() must return an unfinalized sws.Config")
@@ -55,9 +56,28 @@ def finalize_config(config_module: ModuleType, overrides: list[str]) -> sws.Fina
         if "=" not in arg or arg.startswith("-"):
             raise UserError(f"argument {arg!r}: overrides are written key=value (e.g. max_steps=100)")
     try:
-        return builder.finalize(overrides)
-    except (sws.OverrideError, sws.FinalizeError, sws.CycleError) as e:
-        raise UserError(f"config: {_first_line(e)}") from None
+        cfg = builder.finalize(overrides)
+    except sws.FinalizeError as e:  # a derived value failed: most likely an override of the wrong type
+        if schema is not None:
+            check_types(_without_derived(config_module).finalize(overrides), schema)
+        raise UserError(f"config: {_one_line(e)} ({_one_line(e.__cause__ or e)}); check the overrides") from None
+    except (sws.OverrideError, sws.CycleError) as e:
+        raise UserError(f"config: {_one_line(e)}") from None
+    if schema is not None:
+        check_types(cfg, schema)
+    return cfg
+
+
+def _without_derived(config_module: ModuleType) -> sws.Config:
+    """The defaults as plain values: overrides then apply without computing anything from them."""
+    plain = sws.Config()
+    for key, value in flatten(config_module.get_config().finalize([]).to_dict()).items():
+        *parents, name = key.split(".")
+        node = plain
+        for p in parents:
+            node = getattr(node, p)
+        setattr(node, name, value)
+    return plain
 
 
 def parse_command_line(argv: list[str]) -> tuple[str, list[str]]:
@@ -77,28 +97,21 @@ def check_writable(directory: str, key: str) -> None:
         raise UserError(f"{key}={directory}: {path} is not a writable directory; choose another {key}")
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+def _one_line(e: BaseException) -> str:
+    """sws puts "did you mean:" suggestions on the next line: keep them, on one line."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def check_config(cfg) -> None:
-    """Config values that every experiment relies on, checked before JAX starts."""
+    """Relations between config values that every experiment relies on (types and ranges: the schema)."""
     p, d = cfg.parallel, cfg.data
-    if cfg.max_steps < 1:
-        raise UserError(f"max_steps={cfg.max_steps}: must be >= 1")
     islands_devices = p.replica * p.fsdp
-    if p.replica < 1 or p.fsdp < 1:
-        raise UserError(f"parallel.replica={p.replica}, parallel.fsdp={p.fsdp}: both must be >= 1")
-    if d.batch_size < 1 or d.batch_size % islands_devices:
+    if d.batch_size % islands_devices:
         raise UserError(f"data.batch_size={d.batch_size}: must split evenly over {p.replica} islands x {p.fsdp} "
                         f"devices; use a multiple of {islands_devices}")
-    if d.seq_len < 1 or d.seq_len > cfg.model.max_seq_len:
+    if d.seq_len > cfg.model.max_seq_len:
         raise UserError(f"data.seq_len={d.seq_len}: must be between 1 and model.max_seq_len="
                         f"{cfg.model.max_seq_len}; lower data.seq_len or raise model.max_seq_len")
-    for key in ("eval.every", "log.every", "checkpoint.every", "checkpoint.keep"):
-        section, name = key.split(".")
-        if cfg[section][name] < 1:
-            raise UserError(f"{key}={cfg[section][name]}: must be >= 1")
     if cfg.eval.tokens < d.batch_size * d.seq_len:
         raise UserError(f"eval.tokens={cfg.eval.tokens}: must be at least one batch "
                         f"(data.batch_size x data.seq_len = {d.batch_size * d.seq_len})")

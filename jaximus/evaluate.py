@@ -1,10 +1,11 @@
 """Validation loss and bits per byte on a fixed held-out token budget (nanochat's evaluate_bpb)."""
 import math
 
-import jax
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from jaximus.distributed import to_host
 
 
 def bits_per_byte(nats_sum: float, bytes_sum: float) -> float:
@@ -23,6 +24,6 @@ def val_sharding(mesh) -> NamedSharding:
 
 
 def evaluate(eval_step, params_R, val_rows) -> dict:
-    """Every island scores its share of the validation rows with its own parameter copy; sums cross islands."""
-    nats, byte_nats, nbytes, tokens = (float(x) for x in jax.device_get(eval_step(params_R, val_rows)))
+    """Every island scores its share of the validation rows with its own parameter copy; the host adds them."""
+    nats, byte_nats, nbytes, tokens = (float(x) for x in np.asarray(to_host(eval_step(params_R, val_rows))).sum(0))
     return {"val/loss": nats / tokens, "val/bpb": bits_per_byte(byte_nats, nbytes)}

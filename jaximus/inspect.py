@@ -7,24 +7,19 @@ import argparse
 import json
 import math
 import sys
-from functools import partial
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from jaximus import UserError
-from jaximus.config import check_config, finalize_config, load_experiment
-from jaximus.distributed import check_distributed, check_layout, initialize, is_primary, local_cpu_devices
+from jaximus.build import SCHEMES, build, load_config, start
+from jaximus.distributed import is_primary
 from jaximus.hlo import cross_island_bytes, processes_spanned
-from jaximus.mesh import batch_sharding, force_cpu_devices, make_mesh
-from jaximus.outer import make_sync_step
-from jaximus.state import abstract_state
-from jaximus.step import make_train_step
-from outer_optimizers import SCHEMES, make_scheme
+from jaximus.mesh import batch_sharding
 
 
-def sync_events(scheme, horizon: int = 10_000) -> dict[frozenset, int]:
+def sync_events(scheme, horizon: int = 10_000) -> dict[frozenset, float]:
     """Each distinct set of synced groups and how often it occurs per inner step (over one full cycle)."""
     periods = [getattr(scheme, "every", None)] + list(getattr(scheme, "periods", {}).values())
     cycle = math.lcm(*[p for p in periods if p]) if any(periods) else 1
@@ -36,37 +31,28 @@ def sync_events(scheme, horizon: int = 10_000) -> dict[frozenset, int]:
     return {g: n / cycle for g, n in counts.items()}
 
 
-def inspect_scheme(cfg, exp, mesh) -> dict:
+def inspect_scheme(cfg, exp) -> dict:
     """Ledger and compiled-HLO cross-island bytes of the inner step and of every kind of sync."""
-    tx, _, _ = exp["optimizer"].make_optimizer(cfg)
-    scheme = make_scheme(cfg, tx)
-    init = partial(exp["model"].init_model_weights, cfg)
-    state, shardings = abstract_state(init, tx, mesh, cfg.parallel.strategy, jax.random.key(0), scheme.init_outer)
-    island = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state["islands"])
-    scheme.check_inner_state(island["opt_state"])
+    run = build(cfg, exp, purpose="compile")
+    mesh, scheme, state = run.mesh, run.scheme, run.state
     R, B, T = mesh.shape["replica"], cfg.data.batch_size, cfg.data.seq_len
     batch = jax.ShapeDtypeStruct((R, B // R, T + 1), np.int32, sharding=batch_sharding(mesh))
+    weights = jax.ShapeDtypeStruct((R,), np.float32, sharding=jax.NamedSharding(mesh, jax.P("replica")))
+    ledger = scheme.ledger()
     with jax.set_mesh(mesh):
-        train = make_train_step(exp["model"].make_model_forward(cfg), tx, mesh, shardings["islands"],
-                                grad_hook=scheme.grad_hook)
-        inner_hlo = train.lower(state["islands"], batch).compile().as_text()
-        sync = make_sync_step(scheme, mesh, shardings)
+        inner_hlo = run.step.lower(state, batch).compile().as_text()
         events = []
         for groups, rate in sync_events(scheme).items():
-            weights = jax.ShapeDtypeStruct((R,), np.float32,
-                                           sharding=jax.NamedSharding(mesh, jax.P("replica")))
-            hlo = sync.build(groups).lower(state["islands"], state["outer"], weights).compile().as_text()
+            hlo = run.sync.build(groups).lower(state, weights).compile().as_text()
             count, measured = cross_island_bytes(hlo, mesh)
             events.append({"groups": sorted(groups), "per_step": rate, "hlo": measured, "collectives": count,
-                           "ledger": sum(scheme.ledger(island, groups).values()),
-                           "processes": processes_spanned(hlo, mesh)})
+                           "ledger": sum(ledger["sync"][g] for g in groups), "processes": processes_spanned(hlo, mesh)})
     inner_count, inner_measured = cross_island_bytes(inner_hlo, mesh)
     per_device = sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
-                     for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(shardings)))
-    inner_ledger = sum(scheme.step_ledger(island).values())
-    flops = getattr(exp["model"], "flops_per_token", lambda c: None)(cfg)
-    return {"scheme": scheme.name, "params": sum(x.size for x in jax.tree.leaves(island["params"])),
-            "state_bytes_per_device": per_device, "flops_per_token": flops,
+                     for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(run.shardings)))
+    inner_ledger = sum(ledger["step"].values())
+    return {"scheme": scheme.name, "params": run.info["params"], "state_bytes_per_device": per_device,
+            "flops_per_token": run.info["flops_per_token"],
             "inner": {"ledger": inner_ledger, "hlo": inner_measured, "collectives": inner_count,
                       "processes": processes_spanned(inner_hlo, mesh)}, "syncs": events,
             "bytes_per_step": inner_ledger + sum(e["ledger"] * e["per_step"] for e in events)}
@@ -83,15 +69,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the reports to this file")
     args, overrides = ap.parse_known_args(argv)
     try:
-        exp = load_experiment(args.config)
-        base = finalize_config(exp["config"], overrides)
-        check_config(base)
-        check_distributed(base)
-        force_cpu_devices(local_cpu_devices(base))
-        initialize(base)
-        mesh = make_mesh(base.parallel.replica, base.parallel.fsdp)
-        check_layout(mesh)
-        reports = [inspect_scheme(finalize_config(exp["config"], [*overrides, f"outer.name='{name}'"]), exp, mesh)
+        base, exp = start(args.config, overrides)
+        reports = [inspect_scheme(load_config(args.config, [*overrides, f"outer.name='{name}'"])[0], exp)
                    for name in args.schemes.split(",")]
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

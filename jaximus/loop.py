@@ -1,8 +1,9 @@
-"""The training loop: inner steps on every island, a scheme's syncs when due, evaluation, logging.
+"""The training loop, read like nanochat's base_train: step, maybe sync, maybe evaluate, maybe checkpoint, log.
 
-Losses are read one step late so the host never stalls the device; the communication ledger is
-accumulated from the scheme's own byte counts (tests keep them equal to the compiled programs').
+Losses are read one step late so the host never stalls the device. Every scheme goes through the same
+calls: the loop never asks which scheme it runs.
 """
+import json
 import math
 import os
 import signal
@@ -15,35 +16,101 @@ import numpy as np
 
 from jaximus import UserError
 from jaximus.accounting import mfu
-from jaximus.distributed import all_processes_agree, gather_islands, global_batch, to_host
+from jaximus.distributed import all_processes_agree, gather_islands, is_primary, to_host
 from jaximus.evaluate import evaluate
-from outer_optimizers import sync_weights
+from jaximus.islands import present_weights
 
 
-class Ledger:
-    """Cumulative bytes each island sent across the slow link, and the number of syncs."""
+def advance(run, state, step: int):
+    """Inner step number step + 1 on every island, then the scheme's sync if one is due: (state, loss_R, metrics).
 
-    def __init__(self, scheme, island_abstract):
-        self.scheme, self.island = scheme, island_abstract
-        self.per_step = sum(scheme.step_ledger(island_abstract).values())
-        self.bytes, self.syncs = 0, 0
+    After the last step whatever is pending syncs, so the final evaluation reflects all the compute.
+    """
+    cfg, scheme = run.cfg, run.scheme
+    state, loss = run.step(state, run.batch(next(run.loader)))
+    if _serialize():
+        jax.block_until_ready(state)
+    run.ledger.inner_step()
+    done = step + 1
+    metrics = {"step": done, "tokens": done * run.perf["tokens_per_step"],
+               **{f"lr/{k}": float(f(step)) for k, f in run.schedules.items()}}
+    groups = scheme.due(done, last=done == cfg.max_steps)
+    if groups:
+        weights = present_weights(cfg.seed, done, cfg.parallel.replica, cfg.faults.island_dropout)
+        if weights is None:  # nobody attends: the sync is skipped
+            metrics.update({"outer/islands_present": 0, "outer/present": "0" * cfg.parallel.replica})
+        else:
+            state, sync_metrics = run.sync(state, groups, weights)
+            if _serialize():
+                jax.block_until_ready(state)
+            run.ledger.sync(groups, weights)
+            metrics.update(_sync_metrics(sync_metrics, groups, scheme))
+            metrics.update({"outer/islands_present": int((weights > 0).sum()),
+                            "outer/present": "".join("1" if w > 0 else "0" for w in weights)})
+    run.progress.step = done
+    return state, loss, {**metrics, **run.ledger.metrics()}
 
-    def inner_step(self):
-        if self.per_step:
-            self.bytes += self.per_step
-            self.syncs += 1
 
-    def sync(self, groups):
-        self.bytes += sum(self.scheme.ledger(self.island, groups).values())
-        self.syncs += 1
-
-    def metrics(self):
-        return {"comm/cross_island_bytes": self.bytes, "comm/syncs": self.syncs}
+def evaluate_global(run, state) -> dict:
+    """val/loss and val/bpb of the global model (the scheme says which parameters that is)."""
+    return evaluate(run.evaluate, run.scheme.global_params(state), run.val_batches)
 
 
-def eval_params(state):
-    """The outer (global) parameters; sync DP keeps none because its islands never differ."""
-    return state["outer"]["params"] if "params" in state["outer"] else state["islands"]["params"]
+def train(run) -> dict:
+    """Train from run.progress.step to max_steps; returns the summary (also written to summary.json)."""
+    cfg, progress, logger = run.cfg, run.progress, run.logger
+    run_dir = os.path.join(cfg.run.out_dir, cfg.run.name)
+    if progress.step >= cfg.max_steps:
+        _say(f"jaximus: already complete at step {progress.step}; raise max_steps to train further")
+        path = os.path.join(run_dir, "summary.json")
+        return json.loads(open(path).read()) if os.path.exists(path) else {}
+    state = run.state
+    if progress.step == 0:
+        progress.evals[0] = evaluate_global(run, state)
+        logger.log({"step": 0, "tokens": 0, **progress.evals[0]})  # curves start from the shared initialization
+    else:
+        logger.advance(progress.step)
+    clock = {"last": time.perf_counter(), "times": []}
+    pending = None
+    with Interrupt() as interrupt:
+        for step in range(progress.step, cfg.max_steps):
+            state, loss, metrics = advance(run, state, step)
+            done, last = step + 1, step + 1 == cfg.max_steps
+            if pending is not None:
+                _report(*pending, run, clock)  # the previous step, read while this one runs
+            pending = (loss, metrics, time.perf_counter() if _serialize() else None)
+            if done % cfg.eval.every == 0 or last:
+                _report(*pending, run, clock)
+                pending = None
+                progress.evals[done] = evaluate_global(run, state)
+                logger.log({"step": done, "tokens": metrics["tokens"], **progress.evals[done]})
+                clock["last"] = time.perf_counter()  # evaluation time is not step time
+            stop = all_processes_agree(interrupt.signum or 0)  # every process stops at the same step
+            if done % cfg.checkpoint.every == 0 or last or stop:
+                if pending is not None:  # every logged step is covered by the checkpoint that follows it
+                    _report(*pending, run, clock)
+                    pending = None
+                save(run, state)
+            if stop and not last:
+                run.checkpointer.wait()
+                raise Interrupted(stop, done)
+    run.state = state
+    summary = {**_summary(cfg, progress, clock, run), **run.info}
+    logger.write_summary(summary)
+    _say(f"jaximus: done | val bpb {summary['val/bpb_initial']:.4f} -> {summary['val/bpb']:.4f} | "
+         f"{summary['perf/tokens_per_sec']:,.0f} tokens/s | {summary['comm/cross_island_bytes'] / 2**20:,.1f} MiB "
+         f"cross-island in {summary['comm/syncs']} syncs | run dir {run_dir}")
+    return summary
+
+
+def save(run, state) -> None:
+    """Checkpoint the state with the host-side progress; refuses non-finite parameters."""
+    if not bool(_all_finite(state)):  # a finite loss can still precede an overflowing update
+        raise UserError(f"step {run.progress.step}: non-finite parameters after the update; the last good "
+                        "checkpoint is kept. Lower the learning rates or check the data")
+    progress = run.progress
+    progress.positions = gather_islands(run.loader.state()["positions"], run.loader.islands, run.cfg.parallel.replica)
+    run.checkpointer.save(progress.step, state, {"progress": progress.to_meta(), "config": run.cfg.to_dict()})
 
 
 class Interrupt:
@@ -70,88 +137,28 @@ class Interrupt:
             signal.signal(sig, handler)
 
 
-def run_training(cfg, state, steps, loader, logger, schedules, scheme, ledger, perf, checkpointer, resumed=None):
-    """steps: {"train", "sync", "eval"} callables; perf: tokens_per_step, flops_per_token, peak.
+class Interrupted(Exception):
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"{signal.Signals(signum).name} at step {step}: checkpoint saved; rerun the same command "
+                         "to resume")
+        self.exit_code = 128 + signum
 
-    resumed: (step, meta) of the checkpoint `state` came from, or None for a fresh start.
-    """
+
+def _serialize() -> bool:
     # XLA:CPU's fake devices share one thread pool: with two programs in flight, islands that run ahead
     # block pool threads in a rendezvous the lagging islands need, and the run deadlocks; one at a time
-    serialize = jax.devices()[0].platform == "cpu"
-    first, evals = 0, None
-    if resumed:
-        first, meta = resumed
-        evals = {int(k): v for k, v in meta["evals"].items()}
-        ledger.bytes, ledger.syncs = meta["ledger"]["bytes"], meta["ledger"]["syncs"]
-        logger.advance(first)
-    else:
-        evals = {0: evaluate(steps["eval"], eval_params(state), steps["val_batches"])}
-        logger.log({"step": 0, "tokens": 0, **evals[0]})  # curves start from the shared initialization
-    clock = {"last": time.perf_counter(), "times": []}
-    pending = None
-    with Interrupt() as interrupt:
-        for step in range(first, cfg.max_steps):
-            islands, loss = steps["train"](state["islands"], global_batch(next(loader), steps["batch_sharding"]))
-            state = {**state, "islands": islands}
-            if serialize:
-                jax.block_until_ready(islands)
-            ledger.inner_step()
-            done = step + 1
-            metrics = {"step": done, "tokens": done * perf["tokens_per_step"],
-                       **{f"lr/{k}": float(f(step)) for k, f in schedules.items()}}
-            groups = scheme.due(done)
-            weights = sync_weights(cfg.seed, done, len(loss), cfg.faults.island_dropout) if groups else None
-            if groups and weights is not None:
-                islands, outer, sync_metrics = steps["sync"](state["islands"], state["outer"], groups, weights)
-                state = {"islands": islands, "outer": outer}
-                if serialize:
-                    jax.block_until_ready(state)
-                ledger.sync(groups)
-                metrics.update(_sync_metrics(sync_metrics, groups, scheme))
-                metrics["outer/islands_present"] = int((weights > 0).sum())
-                metrics["outer/present"] = "".join("1" if w > 0 else "0" for w in weights)
-            elif groups:
-                metrics.update({"outer/islands_present": 0, "outer/present": "0" * len(loss)})
-            metrics.update(ledger.metrics())
-            if pending is not None:
-                _report(*pending, logger, clock)  # the previous step, read while this one runs
-            pending = (loss, metrics, perf, time.perf_counter() if serialize else None)
-            last = done == cfg.max_steps
-            if done % cfg.eval.every == 0 or last:
-                _report(*pending, logger, clock)
-                pending = None
-                evals[done] = evaluate(steps["eval"], eval_params(state), steps["val_batches"])
-                logger.log({"step": done, "tokens": done * perf["tokens_per_step"], **evals[done]})
-                clock["last"] = time.perf_counter()  # evaluation time is not step time
-            stop = all_processes_agree(interrupt.signum or 0)  # every process stops at the same step
-            if done % cfg.checkpoint.every == 0 or last or stop:
-                if pending is not None:  # every logged step is covered by the checkpoint that follows it
-                    _report(*pending, logger, clock)
-                    pending = None
-                if not bool(_all_finite(state)):  # a finite loss can still precede an overflowing update
-                    raise UserError(f"step {done}: non-finite parameters after the update; the last good "
-                                    "checkpoint is kept. Lower the learning rates or check the data")
-                positions = gather_islands(loader.state()["positions"], loader.islands, cfg.parallel.replica)
-                checkpointer.save(done, state, {"step": done, "loader": {"positions": positions}, "evals": evals,
-                                                "ledger": {"bytes": ledger.bytes, "syncs": ledger.syncs},
-                                                "config": cfg.to_dict()})
-            if stop and not last:
-                checkpointer.wait()
-                raise Interrupted(stop, done)
-    return state, _summary(cfg, evals, clock, perf, ledger)
+    return jax.devices()[0].platform == "cpu"
+
+
+def _say(text: str) -> None:
+    if is_primary():
+        print(text, flush=True)
 
 
 @jax.jit
 def _all_finite(state):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state)
                               if jnp.issubdtype(x.dtype, jnp.floating)]))
-
-
-class Interrupted(Exception):
-    def __init__(self, signum: int, step: int):
-        super().__init__(f"{signal.Signals(signum).name} at step {step}: checkpoint saved; rerun the same command "
-                         "to resume")
-        self.exit_code = 128 + signum
 
 
 def _sync_metrics(sync_metrics, groups, scheme) -> dict:
@@ -163,20 +170,23 @@ def _sync_metrics(sync_metrics, groups, scheme) -> dict:
     return out
 
 
-def _summary(cfg, evals, clock, perf, ledger) -> dict:
+def _summary(cfg, progress, clock, run) -> dict:
+    perf = run.perf
     first_s, steady = clock["times"][0], clock["times"][1:] or clock["times"]
     step_s = float(np.median(steady))
     tokens_per_sec = perf["tokens_per_step"] / step_s
-    first, last = evals[0], evals[cfg.max_steps]
+    first, last = progress.evals[0], progress.evals[cfg.max_steps]
     fpt = perf["flops_per_token"]
     return {"steps": cfg.max_steps, "tokens": cfg.max_steps * perf["tokens_per_step"],
             "compile_s": max(0.0, first_s - step_s), "val/loss": last["val/loss"], "val/bpb": last["val/bpb"],
             "val/bpb_initial": first["val/bpb"], "perf/tokens_per_sec": tokens_per_sec, "perf/step_s": step_s,
-            "perf/mfu": mfu(fpt, tokens_per_sec, perf["peak"]) if fpt else None, **ledger.metrics()}
+            "perf/mfu": mfu(fpt, tokens_per_sec, perf["peak"]) if fpt else None, **run.ledger.metrics(),
+            "comm/island_bytes": list(progress.island_bytes)}
 
 
-def _report(loss, metrics, perf, ready_at, logger, clock):
+def _report(loss, metrics, ready_at, run, clock):
     """Log one step once its losses are on the host; step time is the gap between completions."""
+    perf, logger = run.perf, run.logger
     losses = [float(x) for x in to_host(loss)]
     now = ready_at or time.perf_counter()  # a serialized step completed when it was blocked on
     dt, clock["last"] = now - clock["last"], now

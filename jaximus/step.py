@@ -1,27 +1,18 @@
-"""The inner training step: one jitted call runs every island's step side by side.
+"""The compiled programs: the inner step, a scheme's sync, and the evaluation, each run per island.
 
-shard_map is manual over `replica` only, so the body is one island's step auto-sharded over `fsdp`;
-nothing crosses islands except what grad_hook does (sync DP: a pmean of the gradients).
+All three run every island side by side in one jitted call (jaximus.islands.per_island). Nothing
+crosses islands except what the scheme does in its three places (grad_hook, in_step, sync).
 """
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaximus.islands import per_island
 from jaximus.loss import token_nats
-
-
-def across_islands(reduce, tree):
-    """reduce(tree, "replica"), skipped for one island: XLA rejects a size-1 manual all-reduce."""
-    return tree if jax.lax.axis_size("replica") == 1 else reduce(tree, "replica")
-
-
-def sync_gradients(grads):
-    """Synchronous data-parallel: average gradients across islands every step."""
-    return across_islands(jax.lax.pmean, grads)
+from jaximus.state import IslandState, TrainState
 
 
 def make_loss_fn(forward):
@@ -32,36 +23,51 @@ def make_loss_fn(forward):
     return loss_fn
 
 
-def _per_island(fn, mesh, n_out: int):
-    """Run fn on each island's slice (leading axis 1 dropped) under a shard_map manual over replica."""
-    def body(*args):
-        outs = fn(*jax.tree.map(lambda x: x[0], args))
-        return jax.tree.map(lambda x: x[None], outs)
-
-    return jax.shard_map(body, mesh=mesh, in_specs=P("replica"), out_specs=(P("replica"),) * n_out,
-                         axis_names={"replica"})
-
-
-def make_train_step(forward, tx, mesh, state_shardings, grad_hook=sync_gradients):
+def make_train_step(forward, tx, scheme, mesh, shardings):
     """step(state, batch_RBT1) -> (state, loss_R); the state's buffers are donated."""
     loss_fn = make_loss_fn(forward)
 
-    def island_step(state, batch_BT1):
+    def island_step(state: TrainState, batch_BT1):
         batch_BT1 = jax.lax.with_sharding_constraint(batch_BT1, P("fsdp"))
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch_BT1)
-        grads = grad_hook(grads)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, loss
+        params = state.islands.params
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch_BT1)
+        updates, opt_state = tx.update(scheme.grad_hook(grads), state.islands.opt_state, params)
+        island = IslandState(optax.apply_updates(params, updates), opt_state)
+        island, outer = scheme.in_step(island, state.outer, state.step)
+        return TrainState(island, outer, state.step + 1), loss
 
-    step = _per_island(island_step, mesh, 2)
-    return jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, None))
+    return jax.jit(per_island(island_step, mesh), donate_argnums=0, out_shardings=(shardings, None))
+
+
+def make_sync_step(scheme, mesh, shardings):
+    """sync(state, groups, weights_R) -> (state, metrics with a leading R axis), compiled once per groups.
+
+    weights_R: 1/n for each of the n islands taking part, 0 for an island that dropped out.
+    """
+    compiled = {}
+
+    def build(groups: frozenset):
+        def island_sync(state: TrainState, weight):
+            island, outer, metrics = scheme.sync(state.islands, state.outer, groups, weight)
+            return state.replace(islands=island, outer=outer), metrics
+
+        return jax.jit(per_island(island_sync, mesh), donate_argnums=0, out_shardings=(shardings, None))
+
+    def sync(state, groups: frozenset, weights):
+        if groups not in compiled:
+            compiled[groups] = build(groups)
+        return compiled[groups](state, jax.device_put(np.asarray(weights, np.float32),
+                                                      NamedSharding(mesh, P("replica"))))
+
+    sync.build = build
+    return sync
 
 
 def make_eval_step(forward, token_bytes, mesh):
-    """eval(params_R, rows_RNBT1) -> (sum nats, sum nats over byte-bearing targets, sum bytes, tokens).
+    """eval(params_R, rows_RNBT1) -> per-island (sum nats, sum nats over byte-bearing targets, bytes, tokens).
 
     One program scans all N validation batches: on CPU, several collective programs in flight at once
-    can deadlock the fake devices' shared thread pool.
+    can deadlock the fake devices' shared thread pool. Islands do not talk: the host adds their sums.
     """
     token_bytes = np.asarray(token_bytes)  # a numpy constant: a captured jax array would carry the outer mesh
 
@@ -76,8 +82,6 @@ def make_eval_step(forward, token_bytes, mesh):
             return total + sums, None
 
         zeros = jax.lax.pcast(jnp.zeros(4, jnp.float32), "replica", to="varying")  # the carry differs per island
-        total, _ = jax.lax.scan(one_batch, zeros, rows_NBT1)
-        return across_islands(jax.lax.psum, total)
+        return jax.lax.scan(one_batch, zeros, rows_NBT1)[0]
 
-    body = partial(jax.shard_map, mesh=mesh, in_specs=P("replica"), out_specs=P(), axis_names={"replica"})
-    return jax.jit(body(lambda params, rows: island_eval(jax.tree.map(lambda x: x[0], params), rows[0])))
+    return jax.jit(per_island(island_eval, mesh))

@@ -1,10 +1,10 @@
-"""Outer synchronization schemes across the replica axis, chosen by `outer.name`.
+"""Outer synchronization schemes across the replica axis, chosen by `outer.name` (the registry).
 
-Every scheme answers (ALGORITHMS.md §1): what is exchanged, when, how it is aggregated, how applied.
-Only `sync` (inside the inner step) and each scheme's `sync` method communicate across islands.
+Every scheme answers (ALGORITHMS.md §1): what is exchanged, when, how it is aggregated, how applied;
+base.py states the protocol. jaximus reaches the schemes only through `make_scheme`.
 """
 from jaximus import UserError
-from outer_optimizers.base import Scheme, add_outer_config, sync_weights
+from outer_optimizers.base import OUTER_SCHEMA, Scheme, add_outer_config
 from outer_optimizers.desloc import DesLoc
 from outer_optimizers.diloco import DiLoCo
 from outer_optimizers.local_adam import LocalAdam
@@ -14,17 +14,14 @@ from outer_optimizers.sync import SyncDP
 SCHEMES = {s.name: s for s in (SyncDP, DiLoCo, LocalSGD, LocalAdam, DesLoc)}
 
 
-def make_scheme(cfg, inner_tx) -> Scheme:
-    """The scheme named by outer.name, its settings checked before anything compiles."""
+def make_scheme(cfg, inner_tx, island, num_islands: int) -> Scheme:
+    """The scheme named by outer.name for islands shaped like `island` (an IslandState of shapes)."""
     name = cfg.outer.name
     if name not in SCHEMES:
         raise UserError(f"outer.name={name!r}: unknown scheme; choose one of {', '.join(SCHEMES)}")
-    dropout = cfg.faults.island_dropout
-    if not 0 <= dropout < 1:
-        raise UserError(f"faults.island_dropout={dropout}: a probability in [0, 1)")
-    if dropout and name == "sync":
+    if cfg.faults.island_dropout and name == "sync":
         raise UserError("faults.island_dropout applies to local-update schemes; outer.name=sync has no syncs to miss")
-    return SCHEMES[name](cfg.outer, inner_tx)
+    return SCHEMES[name](cfg.outer, inner_tx, island, num_islands)
 
 
-__all__ = ["SCHEMES", "Scheme", "add_outer_config", "make_scheme", "sync_weights"]
+__all__ = ["OUTER_SCHEMA", "SCHEMES", "Scheme", "add_outer_config", "make_scheme"]

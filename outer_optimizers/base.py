@@ -1,17 +1,34 @@
-"""The small protocol every outer scheme implements, and the pieces they share.
+"""The protocol every outer scheme implements, and the pieces schemes share.
 
-A scheme's state per island is {"params": theta_ref, "opt_state": outer optimizer state}: the global
-model as of the last sync (identical on every island, so no broadcast is ever needed) and what the
-outer optimizer keeps. `sync` runs per island inside a shard_map manual over `replica`; it is the only
-place a local-update scheme communicates across islands.
+    class Scheme:
+        name: str
+        groups: tuple[str, ...]                   # what a sync can exchange; fixed at construction
+        __init__(outer_cfg, inner_tx, island, num_islands)   # island: one island's IslandState (shapes)
+        init(params) -> OuterState                # one island's copy of the outer state
+        grad_hook(grads) -> grads                 # (1) inside the inner step, on the gradients
+        in_step(island, outer, step) -> (island, outer)   # (2) inside the inner step, after the update
+        due(done, last) -> frozenset[str]         # groups that sync after inner step `done` (1-based)
+        sync(island, outer, groups, weight) -> (island, outer, metrics)   # (3) the sync program
+        ledger() -> {"step": {name: bytes}, "sync": {group: bytes}}       # what one island sends
+        global_params(state) -> params            # the model evaluation scores (leading R axis)
+
+A scheme may talk across islands in exactly those three places, always through jaximus.islands: in
+the gradient (sync DP's mean), inside the compiled inner step on its own state (a collective issued
+at step t and consumed at t + tau lets XLA overlap it with that step's compute; `step` is the traced
+step count), and in a sync program that the loop runs when `due` says so. Every function runs per
+island (no leading R axis) inside a shard_map manual over `replica`. Whatever a scheme keeps lives in
+its OuterState (global params, outer optimizer state, buffers), so it is sharded, donated and
+checkpointed with the weights. `due(done, last=True)` is asked after the last step: a run ends with a
+sync of whatever is pending, so its final evaluation reflects all of its compute.
 """
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaximus import UserError
-from jaximus.step import across_islands
+from jaximus.islands import island_mean, tree_bytes
+from jaximus.schema import Spec, flag, integer, number, text
+from jaximus.state import IslandState, OuterState
 
 FIRST_MOMENT_NAMES = ("mu", "momentum", "trace")  # ScaleByAdamState.mu, MuonState.momentum, TraceState.trace
 SECOND_MOMENT_NAMES = ("nu",)
@@ -26,25 +43,36 @@ def add_outer_config(c) -> None:
     c.outer.momentum = 0.9
     c.outer.nesterov = True
     c.outer.optimizer_kwargs = {}  # extra keyword arguments for a non-sgd outer optimizer
-    c.outer.reset_inner_opt = False  # local_sgd: re-initialize the inner optimizer after each round (Photon)
+    c.outer.reset_inner_opt = False  # local_sgd: reset the inner optimizer's moments after each round (Photon)
     c.outer.first_moment_every = lambda: 3 * c.outer.sync_every  # DES-LOC K_u = 3 K_x (2505.22549)
     c.outer.second_moment_every = lambda: 6 * c.outer.sync_every  # DES-LOC K_v = 6 K_x
     c.outer.desloc_outer_opt = False  # DES-LOC: apply the outer optimizer to the parameter sync
     c.faults.island_dropout = 0.0  # probability that an island misses a sync (torchft-style quorum), seeded
 
 
-def sync_weights(seed: int, step: int, islands: int, dropout: float) -> np.ndarray | None:
-    """Per-island weights of one sync's mean: 1/n for the n islands present, 0 for those that dropped out.
+OUTER_SCHEMA = {
+    "outer.name": text(),  # the registry names the schemes
+    "outer.sync_every": integer(1),
+    "outer.optimizer": text(),
+    "outer.lr": number(0),
+    "outer.momentum": number(0, 1, hi_open=True),
+    "outer.nesterov": flag(),
+    "outer.optimizer_kwargs": Spec("dict"),
+    "outer.reset_inner_opt": flag(),
+    "outer.first_moment_every": integer(1),
+    "outer.second_moment_every": integer(1),
+    "outer.desloc_outer_opt": flag(),
+    "faults.island_dropout": number(0, 1, hi_open=True),
+}
 
-    Drawn from (seed, step), so a resumed run drops the same islands; None when every island dropped out.
-    """
-    present = np.random.default_rng([seed, step]).random(islands) >= dropout if dropout else np.ones(islands, bool)
-    return present / present.sum() if present.any() else None
+
+def _names(path) -> list:
+    return [getattr(k, "name", getattr(k, "key", getattr(k, "idx", None))) for k in path]
 
 
 def moment_role(path) -> str | None:
     """'mu' for first-moment buffers, 'nu' for second moments, found by field name in the optax state."""
-    names = [getattr(k, "name", getattr(k, "key", None)) for k in path]
+    names = _names(path)
     if any(n in FIRST_MOMENT_NAMES for n in names):
         return "mu"
     if any(n in SECOND_MOMENT_NAMES for n in names):
@@ -52,24 +80,33 @@ def moment_role(path) -> str | None:
     return None
 
 
-def roles_present(opt_state) -> set[str]:
-    leaves = jax.tree_util.tree_flatten_with_path(opt_state)[0]
-    return {r for r in (moment_role(p) for p, _ in leaves) if r}
-
-
 def map_role(fn, opt_state, role: str):
     """fn applied to the leaves of opt_state that hold the given moment role; others unchanged."""
     return jax.tree_util.tree_map_with_path(lambda p, x: fn(x) if moment_role(p) == role else x, opt_state)
 
 
-def tree_bytes(tree) -> int:
-    return sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+def moment_bytes(opt_state) -> dict[str, int]:
+    """Bytes of the first ("mu") and second ("nu") moment buffers of one island's optimizer state."""
+    leaves = jax.tree_util.tree_flatten_with_path(opt_state)[0]
+    return {role: sum(tree_bytes(x) for p, x in leaves if moment_role(p) == role) for role in ("mu", "nu")}
 
 
-def island_mean(tree, weight):
-    """Weighted mean over islands: weight is 1/n for each of the n islands taking part in this sync, else 0
-    (island dropout: an absent island is left out of the mean and re-joins from its result)."""
-    return across_islands(jax.lax.psum, jax.tree.map(lambda x: x * weight.astype(x.dtype), tree))
+def reset_moments(opt_state, fresh):
+    """Photon's reset: moment buffers start over, schedules do not.
+
+    Moment buffers come from `fresh` (tx.init). An Adam-style state's count restarts with its moments,
+    as PyTorch's does when its optimizer state is cleared (the count is Adam's bias correction); every
+    other count (learning-rate schedules, Muon's momentum warmup) keeps the global step.
+    """
+    paths = [_names(p) for p, _ in jax.tree_util.tree_flatten_with_path(opt_state)[0]]
+    bias_corrected = {tuple(n[:n.index("nu")]) for n in paths if "nu" in n}  # states that hold a second moment
+
+    def pick(path, old, new):
+        names = _names(path)
+        restart = moment_role(path) or (names[-1] == "count" and tuple(names[:-1]) in bias_corrected)
+        return new if restart else old
+
+    return jax.tree_util.tree_map_with_path(pick, opt_state, fresh)
 
 
 def tree_norm(tree):
@@ -83,79 +120,76 @@ def check_period(key: str, value) -> int:
 
 
 class Scheme:
-    """Defaults for a scheme with no outer state and no syncs; subclasses override what they do."""
+    """Defaults: no outer optimizer, nothing in the inner step, no syncs; subclasses override what they do."""
 
     name = "base"
     groups: tuple[str, ...] = ()  # what a sync can exchange: params, mu (first moments), nu (second moments)
 
-    def __init__(self, outer_cfg, inner_tx):
-        self.cfg, self.inner_tx = outer_cfg, inner_tx
+    def __init__(self, outer_cfg, inner_tx, island: IslandState, num_islands: int):
+        self.cfg, self.inner_tx, self.island, self.num_islands = outer_cfg, inner_tx, island, num_islands
 
-    def check_inner_state(self, opt_state) -> None:
-        """Called at start-up with one island's inner optimizer state; schemes that sync moments check it."""
-
-    def require_moments(self, opt_state) -> tuple[str, ...]:
-        """The moment roles this inner optimizer keeps; none is a start-up error for moment-syncing schemes."""
-        present = roles_present(opt_state)
-        if not present:
-            raise UserError(f"outer.name={self.name}: syncs optimizer moment buffers but the inner optimizer keeps "
-                            "none (plain SGD?); use an Adam- or momentum-based inner optimizer, or outer.name=diloco")
-        return tuple(sorted(present))
+    def init(self, params) -> OuterState:
+        return OuterState(params, (), {})
 
     def grad_hook(self, grads):
-        """Inside the inner step; only sync DP communicates here."""
         return grads
 
-    def due(self, done: int) -> frozenset[str]:
-        """Groups synced after inner step number `done` (1-based); empty: no sync."""
+    def in_step(self, island: IslandState, outer: OuterState, step) -> tuple[IslandState, OuterState]:
+        return island, outer
+
+    def due(self, done: int, last: bool = False) -> frozenset[str]:
         return frozenset()
 
-    def init_outer(self, params) -> dict:
-        return {"params": params, "opt_state": ()}
-
-    def sync(self, island: dict, outer: dict, groups: frozenset[str], weight) -> tuple[dict, dict, dict]:
+    def sync(self, island: IslandState, outer: OuterState, groups: frozenset[str], weight):
         raise NotImplementedError
 
-    def ledger(self, island: dict, groups: frozenset[str]) -> dict[str, int]:
-        """Bytes one island contributes per sync, by group, before the all-reduce factor.
+    def ledger(self) -> dict[str, dict[str, int]]:
+        """Bytes one island sends, before the all-reduce factor: inside every inner step, and per sync by
+        group. One island sends nothing: with no peer, no cross-island collective is compiled."""
+        sizes = {"params": tree_bytes(self.island.params), **moment_bytes(self.island.opt_state)}
+        return self._with_peers({"step": {}, "sync": {g: sizes[g] for g in self.groups}})
 
-        A ring all-reduce over R islands moves about 2 (R - 1) / R of this payload per island each way.
-        """
-        sizes = {"params": tree_bytes(island["params"])}
-        for role in ("mu", "nu"):
-            leaves = jax.tree_util.tree_flatten_with_path(island["opt_state"])[0]
-            sizes[role] = sum(x.size * jnp.dtype(x.dtype).itemsize for p, x in leaves if moment_role(p) == role)
-        return {g: sizes[g] for g in sorted(groups)}
+    def _with_peers(self, ledger: dict) -> dict:
+        return ledger if self.num_islands > 1 else {k: {g: 0 for g in v} for k, v in ledger.items()}
 
-    def step_ledger(self, island: dict) -> dict[str, int]:
-        """Bytes one island sends inside every inner step (sync DP's gradients); empty for local schemes."""
-        return {}
+    def global_params(self, state):
+        return state.outer.params
 
     def outer_lr(self) -> float | None:
         return None
 
 
 class PeriodicScheme(Scheme):
-    """Syncs all of its groups every outer.sync_every (H) inner steps."""
+    """Syncs all of its groups every outer.sync_every (H) inner steps, and after the last step."""
 
-    def __init__(self, outer_cfg, inner_tx):
-        super().__init__(outer_cfg, inner_tx)
+    def __init__(self, outer_cfg, inner_tx, island, num_islands):
+        super().__init__(outer_cfg, inner_tx, island, num_islands)
         self.every = check_period("sync_every", outer_cfg.sync_every)
 
-    def due(self, done):
-        return frozenset(self.groups) if done % self.every == 0 else frozenset()
+    def due(self, done, last=False):
+        return frozenset(self.groups) if done % self.every == 0 or last else frozenset()
 
 
-def average_groups(island: dict, outer: dict, groups: frozenset[str], weight):
+def moment_groups(name: str, opt_state) -> tuple[str, ...]:
+    """The moment roles this inner optimizer keeps; none is a start-up error for moment-syncing schemes."""
+    leaves = jax.tree_util.tree_flatten_with_path(opt_state)[0]
+    present = sorted({r for r in (moment_role(p) for p, _ in leaves) if r})
+    if not present:
+        raise UserError(f"outer.name={name}: syncs optimizer moment buffers but the inner optimizer keeps "
+                        "none (plain SGD?); use an Adam- or momentum-based inner optimizer, or outer.name=diloco")
+    return tuple(present)
+
+
+def average_groups(island: IslandState, outer: OuterState, groups: frozenset[str], weight):
     """Replace params and/or moment buffers by their mean over islands (Local SGD, Local Adam, DES-LOC)."""
     metrics = {}
-    params, opt_state = island["params"], island["opt_state"]
+    params, opt_state = island.params, island.opt_state
     if "params" in groups:
-        metrics["drift"] = tree_norm(jax.tree.map(jnp.subtract, outer["params"], params))
+        metrics["drift"] = tree_norm(jax.tree.map(jnp.subtract, outer.params, params))
         params = island_mean(params, weight)
-        metrics["pseudo_grad_norm"] = tree_norm(jax.tree.map(jnp.subtract, outer["params"], params))
-        outer = {**outer, "params": params}
+        metrics["pseudo_grad_norm"] = tree_norm(jax.tree.map(jnp.subtract, outer.params, params))
+        outer = OuterState(params, outer.opt_state, outer.buffers)
     for role in ("mu", "nu"):
         if role in groups:
             opt_state = map_role(lambda x: island_mean(x, weight), opt_state, role)
-    return {"params": params, "opt_state": opt_state}, outer, metrics
+    return IslandState(params, opt_state), outer, metrics

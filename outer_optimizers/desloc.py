@@ -2,37 +2,37 @@
 
 Parameters every K_x (= outer.sync_every), first moments every K_u, second moments every K_v; with
 K_x = K_u = K_v it is Local Adam. The parameter sync may apply the outer optimizer, as DiLoCo does.
+A run's last step syncs the parameters if they are not due anyway; moments keep their own periods.
 """
-from outer_optimizers.base import Scheme, average_groups, check_period
+from jaximus.state import IslandState, OuterState
+from outer_optimizers.base import Scheme, average_groups, check_period, moment_groups
 from outer_optimizers.diloco import make_outer_optimizer, outer_step
 
 
 class DesLoc(Scheme):
     name = "desloc"
-    groups = ("params", "mu", "nu")
 
-    def __init__(self, outer_cfg, inner_tx):
-        super().__init__(outer_cfg, inner_tx)
+    def __init__(self, outer_cfg, inner_tx, island, num_islands):
+        super().__init__(outer_cfg, inner_tx, island, num_islands)
         self.periods = {"params": check_period("sync_every", outer_cfg.sync_every),
                         "mu": check_period("first_moment_every", outer_cfg.first_moment_every),
                         "nu": check_period("second_moment_every", outer_cfg.second_moment_every)}
+        self.groups = ("params", *moment_groups(self.name, island.opt_state))
         self.outer_tx = make_outer_optimizer(outer_cfg) if outer_cfg.desloc_outer_opt else None
 
-    def check_inner_state(self, opt_state):
-        self.groups = ("params", *self.require_moments(opt_state))
+    def due(self, done, last=False):
+        regular = frozenset(g for g in self.groups if done % self.periods[g] == 0)
+        return regular | {"params"} if last else regular
 
-    def due(self, done):
-        return frozenset(g for g in self.groups if done % self.periods[g] == 0)
-
-    def init_outer(self, params):
-        return {"params": params, "opt_state": self.outer_tx.init(params) if self.outer_tx else ()}
+    def init(self, params):
+        return OuterState(params, self.outer_tx.init(params) if self.outer_tx else (), {})
 
     def sync(self, island, outer, groups, weight):
         if self.outer_tx is None or "params" not in groups:
             return average_groups(island, outer, groups, weight)
         island, outer, _ = average_groups(island, outer, groups - {"params"}, weight)
-        params, outer, metrics = outer_step(self.outer_tx, island["params"], outer, weight)
-        return {**island, "params": params}, outer, metrics
+        params, outer, metrics = outer_step(self.outer_tx, island.params, outer, weight)
+        return IslandState(params, island.opt_state), outer, metrics
 
     def outer_lr(self):
         return self.cfg.lr if self.outer_tx else 1.0

@@ -1,14 +1,14 @@
 """Local Adam (arXiv 2409.13155): parameters and both moment buffers averaged every H steps."""
-from outer_optimizers.base import PeriodicScheme, average_groups
+from outer_optimizers.base import PeriodicScheme, average_groups, moment_groups
 
 
 class LocalAdam(PeriodicScheme):
     name = "local_adam"
-    groups = ("params", "mu", "nu")
 
-    def check_inner_state(self, opt_state):
-        """Averages every moment buffer the inner optimizer keeps (Muon has only a first moment)."""
-        self.groups = ("params", *self.require_moments(opt_state))
+    def __init__(self, outer_cfg, inner_tx, island, num_islands):
+        super().__init__(outer_cfg, inner_tx, island, num_islands)
+        # every moment buffer the inner optimizer keeps (Muon has only a first moment)
+        self.groups = ("params", *moment_groups(self.name, island.opt_state))
 
     def sync(self, island, outer, groups, weight):
         return average_groups(island, outer, groups, weight)

@@ -1,8 +1,10 @@
 """Local SGD / FedAvg (Photon, arXiv 2411.02908): islands' parameters averaged every H steps.
 
-Equivalent to DiLoCo with outer SGD lr 1 and no momentum; optionally resets the inner optimizer.
+Equivalent to DiLoCo with outer SGD lr 1 and no momentum; optionally resets the inner optimizer's
+moments after each round (Photon's client switch), never its schedules.
 """
-from outer_optimizers.base import PeriodicScheme, average_groups
+from jaximus.state import IslandState
+from outer_optimizers.base import PeriodicScheme, average_groups, reset_moments
 
 
 class LocalSGD(PeriodicScheme):
@@ -12,7 +14,8 @@ class LocalSGD(PeriodicScheme):
     def sync(self, island, outer, groups, weight):
         island, outer, metrics = average_groups(island, outer, groups, weight)
         if self.cfg.reset_inner_opt:
-            island = {**island, "opt_state": self.inner_tx.init(island["params"])}
+            fresh = self.inner_tx.init(island.params)
+            island = IslandState(island.params, reset_moments(island.opt_state, fresh))
         return island, outer, metrics
 
     def outer_lr(self):

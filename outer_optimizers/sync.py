@@ -1,16 +1,20 @@
 """Synchronous data-parallel (HSDP), the control: gradients averaged across islands every step."""
-from jaximus.step import sync_gradients
-from outer_optimizers.base import Scheme, tree_bytes
+from jaximus.islands import island_mean, tree_bytes
+from outer_optimizers.base import Scheme
 
 
 class SyncDP(Scheme):
     name = "sync"
 
+    def init(self, params):
+        return super().init(None)  # islands never differ: any island's parameters are the global model
+
     def grad_hook(self, grads):
-        return sync_gradients(grads)
+        return island_mean(grads)
 
-    def step_ledger(self, island):
-        return {"grads": tree_bytes(island["params"])}  # gradients have the parameters' shapes and dtypes
+    def ledger(self):
+        # gradients have the parameters' shapes and dtypes
+        return self._with_peers({"step": {"grads": tree_bytes(self.island.params)}, "sync": {}})
 
-    def init_outer(self, params):
-        return {}  # islands stay identical: the global model is any island's parameters
+    def global_params(self, state):
+        return state.islands.params

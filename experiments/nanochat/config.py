@@ -8,7 +8,9 @@ import os
 
 import sws
 
+from jaximus import UserError
 from jaximus.distributed import add_distributed_config
+from jaximus.schema import Spec, integer, number, text
 from outer_optimizers import add_outer_config
 
 
@@ -46,6 +48,10 @@ def get_config() -> sws.Config:
     c.optimizer.adam_b1 = 0.8
     c.optimizer.adam_b2 = 0.95
     c.optimizer.adam_eps = 1e-10
+    # DES-LOC averages first moments without second ones: AdamW then divides an averaged mu by an island's
+    # own near-zero nu on rows it barely saw and diverges; ADOPT's clipped, pre-normalized mu is bounded
+    # (the DES-LOC paper's inner optimizer, 2505.22549; ADOPT: 2411.02853)
+    c.optimizer.adam = lambda: "adopt" if c.outer.name == "desloc" else "adamw"
     c.optimizer.weight_decay = 0.0
     c.optimizer.muon_momentum = 0.95
     c.optimizer.muon_momentum_start = 0.85
@@ -77,3 +83,32 @@ def get_config() -> sws.Config:
     c.wandb.mode = "auto"  # online | offline | disabled; auto = online only with an API key
     c.wandb.project = "jaximus"
     return c
+
+
+def config_schema() -> dict:
+    """Type and range of the model and optimizer keys (jaximus checks the rest)."""
+    return {
+        "model.depth": integer(1), "model.width": integer(1), "model.n_head": integer(1),
+        "model.head_dim": integer(2), "model.n_kv_head": integer(1), "model.vocab_size": integer(1),
+        "model.max_seq_len": integer(1), "model.rope_base": number(1), "model.softcap": number(0),
+        "model.compute_dtype": text("float32", "bfloat16"), "model.init_dist": text("normal", "uniform"),
+        **{f"optimizer.{k}": number(0) for k in ("matrix_lr", "embedding_lr", "unembedding_lr", "adam_eps",
+                                                   "weight_decay", "final_lr_frac")},
+        **{f"optimizer.{k}": number(0, 1, hi_open=True) for k in ("adam_b1", "adam_b2", "muon_momentum",
+                                                                    "muon_momentum_start")},
+        "optimizer.adam": text("adamw", "adopt"), "optimizer.muon_momentum_warmup_steps": integer(0),
+        "optimizer.ns_steps": integer(0), "optimizer.ns_coeffs": Spec("numbers", length=3),
+        "optimizer.ns_dtype": text("float32", "bfloat16"), "optimizer.warmup_steps": integer(0),
+        "optimizer.warmdown_frac": number(0, 1),
+    }
+
+
+def check_config(cfg) -> None:
+    """Relations between model keys that the shapes need."""
+    m = cfg.model
+    if m.n_head % m.n_kv_head:
+        raise UserError(f"model.n_kv_head={m.n_kv_head}: must divide model.n_head={m.n_head} (GQA shares each kv "
+                        f"head among n_head / n_kv_head query heads); use one of "
+                        f"{', '.join(str(d) for d in range(1, m.n_head + 1) if m.n_head % d == 0)}")
+    if m.head_dim % 2:
+        raise UserError(f"model.head_dim={m.head_dim}: must be even (rotary rotates pairs of dimensions)")

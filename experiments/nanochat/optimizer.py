@@ -5,7 +5,6 @@ Every group's learning rate is multiplied by the same warmup/constant/warmdown s
 import jax.numpy as jnp
 import optax
 
-from jaximus import UserError
 from jaximus.optim.muon import scale_by_muon
 from jaximus.optim.schedules import lr_multiplier, muon_momentum
 
@@ -16,14 +15,9 @@ def param_labels(weights) -> dict:
             "blocks": {k: {n: "muon" for n in v} for k, v in weights["blocks"].items()}}
 
 
-def make_optimizer(cfg, shard_axis: str | None = None, shard_size: int = 1):
+def make_optimizer(cfg):
     """(optax transform, resolved hyperparameters, schedule functions of the step for logging)."""
     o = cfg.optimizer
-    for key in ("matrix_lr", "embedding_lr", "unembedding_lr"):
-        if o[key] < 0:
-            raise UserError(f"optimizer.{key}={o[key]}: learning rates must be >= 0")
-    if not 0.0 <= o.warmdown_frac <= 1.0:
-        raise UserError(f"optimizer.warmdown_frac={o.warmdown_frac}: must lie in [0, 1]")
     lrm = lr_multiplier(cfg.max_steps, o.warmup_steps, o.warmdown_frac, o.final_lr_frac)
     momentum = muon_momentum(o.muon_momentum_start, o.muon_momentum, o.muon_momentum_warmup_steps)
     width_scale = (cfg.model.width / 768) ** -0.5  # nanochat: AdamW lrs scale as (d_model/768)^-0.5
@@ -31,11 +25,15 @@ def make_optimizer(cfg, shard_axis: str | None = None, shard_size: int = 1):
            "unembedding": o.unembedding_lr * width_scale}
 
     def adamw(lr):
-        return optax.adamw(lambda step: lr * lrm(step), b1=o.adam_b1, b2=o.adam_b2, eps=o.adam_eps,
-                           weight_decay=o.weight_decay)
+        scale = (optax.scale_by_adam if o.adam == "adamw" else optax.contrib.scale_by_adopt)
+        return optax.chain(scale(b1=o.adam_b1, b2=o.adam_b2, eps=o.adam_eps),
+                           optax.add_decayed_weights(o.weight_decay),
+                           optax.scale_by_learning_rate(lambda step: lr * lrm(step)))
 
+    # Newton-Schulz on whole matrices, spread over the island's devices (one all-to-all each way)
+    shard = "fsdp" if cfg.parallel.strategy == "fsdp" and cfg.parallel.fsdp > 1 else None
     muon = optax.chain(
-        scale_by_muon(momentum, o.ns_steps, tuple(o.ns_coeffs), jnp.dtype(o.ns_dtype), shard_axis, shard_size),
+        scale_by_muon(momentum, o.ns_steps, tuple(o.ns_coeffs), jnp.dtype(o.ns_dtype), shard, cfg.parallel.fsdp),
         optax.scale_by_learning_rate(lambda step: lrs["muon"] * lrm(step)))
     tx = optax.partition({"muon": muon, "embedding": adamw(lrs["embedding"]),
                           "unembedding": adamw(lrs["unembedding"])}, param_labels)

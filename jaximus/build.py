@@ -1,0 +1,171 @@
+"""The one way to set a run up: `start` (config checked, then JAX started) and `build(cfg, exp) -> Run`.
+
+train.py, `python -m jaximus.inspect`, `python -m jaximus.bench` and the tests all go through here.
+This is the only module of jaximus that reaches the outer schemes, and only through their registry.
+"""
+import math
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import jax
+
+from jaximus import UserError
+from jaximus.accounting import peak_flops
+from jaximus.checkpoint import Checkpointer, check_resume, clear
+from jaximus.config import check_config, check_writable, finalize_config, load_experiment
+from jaximus.data.loader import TrainLoader, validation_rows
+from jaximus.data.sources import open_source
+from jaximus.data.tokenizer import load_tokenizer
+from jaximus.distributed import (barrier, check_distributed, check_layout, global_batch, initialize, is_primary,
+                                 local_cpu_devices, local_islands, replicated_input)
+from jaximus.evaluate import split_val_rows, val_sharding
+from jaximus.ledger import Ledger
+from jaximus.log import make_logger, resolve_wandb_mode
+from jaximus.mesh import batch_sharding, enable_compile_cache, force_cpu_devices, make_mesh
+from jaximus.schema import SCHEMA
+from jaximus.state import IslandState, Progress, TrainState, make_init, shard_state
+from jaximus.step import make_eval_step, make_sync_step, make_train_step
+from outer_optimizers import OUTER_SCHEMA, SCHEMES, make_scheme
+
+PURPOSES = ("train", "measure", "compile")
+__all__ = ["PURPOSES", "SCHEMES", "Run", "build", "load_config", "start"]
+
+
+def load_config(config_path: str, overrides: list[str]):
+    """(cfg, experiment modules), every key's type, range and relations checked; JAX is not touched."""
+    exp = load_experiment(config_path)
+    schema = {**SCHEMA, **OUTER_SCHEMA, **getattr(exp["config"], "config_schema", dict)()}
+    cfg = finalize_config(exp["config"], overrides, schema)
+    if cfg.outer.name not in SCHEMES:
+        raise UserError(f"outer.name={cfg.outer.name!r}: unknown scheme; choose one of {', '.join(SCHEMES)}")
+    check_config(cfg)
+    getattr(exp["config"], "check_config", lambda c: None)(cfg)
+    check_distributed(cfg)
+    return cfg, exp
+
+
+def start(config_path: str, overrides: list[str]):
+    """Every command's prologue: check the config, then fake the CPU devices and join the other processes."""
+    cfg, exp = load_config(config_path, overrides)
+    force_cpu_devices(local_cpu_devices(cfg))
+    initialize(cfg)
+    enable_compile_cache(cfg.data.cache_dir)
+    return cfg, exp
+
+
+@dataclass
+class Run:
+    """Everything a training run needs, built once. Parts a purpose does not need are None."""
+    cfg: object
+    mesh: jax.sharding.Mesh
+    scheme: object
+    schedules: dict  # plain functions of the step, for logging
+    state: TrainState  # ShapeDtypeStructs when built to compile only
+    shardings: TrainState
+    step: object  # step(state, batch) -> (state, loss_R)
+    sync: object  # sync(state, groups, weights) -> (state, metrics)
+    info: dict  # what config.json records under "resolved"
+    perf: dict  # tokens_per_step, flops_per_token, peak
+    evaluate: object = None  # eval(params_R, val_batches) -> per-island sums
+    val_batches: object = None
+    loader: TrainLoader | None = None
+    logger: object = None
+    checkpointer: Checkpointer | None = None
+    progress: Progress | None = None
+    ledger: Ledger | None = None
+
+    def batch(self, rows):
+        """This process's islands' rows (n_local, B / R, T + 1) as the global batch."""
+        return global_batch(rows, batch_sharding(self.mesh))
+
+    def __enter__(self):
+        self._mesh = jax.set_mesh(self.mesh)
+        self._mesh.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for part in (self.loader, self.logger, self.checkpointer):
+            if part is not None:
+                part.close()
+        self._mesh.__exit__(*exc)
+
+
+def build(cfg, exp, purpose: str = "train") -> Run:
+    """train: everything, resumed from the run directory's checkpoints; measure: compiled programs and a
+    real state (no data, no files); compile: compiled programs over an abstract state (nothing allocated)."""
+    assert purpose in PURPOSES, purpose
+    mesh = make_mesh(cfg.parallel.replica, cfg.parallel.fsdp)
+    check_layout(mesh)
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    if purpose == "train":  # every check that can fail on the run directory, before anything is written
+        check_writable(cfg.run.out_dir, "run.out_dir")
+        check_writable(str(run_dir / "checkpoints"), "run.out_dir")
+        resuming = check_resume(cfg, run_dir)
+        resolve_wandb_mode(cfg.wandb.mode)
+    tx, resolved, schedules = exp["optimizer"].make_optimizer(cfg)
+    init_weights, key, R = partial(exp["model"].init_model_weights, cfg), jax.random.key(cfg.seed), cfg.parallel.replica
+    island = jax.eval_shape(lambda k: IslandState(p := init_weights(k), tx.init(p)), key)
+    scheme = make_scheme(cfg, tx, island, R)
+    abstract, shardings, allocate = shard_state(make_init(init_weights, tx, scheme.init, R), key, mesh,
+                                                cfg.parallel.strategy)
+    forward = exp["model"].make_model_forward(cfg)
+    fpt = getattr(exp["model"], "flops_per_token", lambda c: None)(cfg)
+    perf = {"tokens_per_step": cfg.data.batch_size * cfg.data.seq_len, "flops_per_token": fpt}
+    info = {"params": sum(x.size for x in jax.tree.leaves(island.params)), "flops_per_token": fpt,
+            "optimizer": resolved, "ledger": scheme.ledger()}
+    if purpose != "compile":  # measured on one device, outside the mesh
+        perf["peak"], info["peak_source"] = peak_flops()
+        info["peak_flops"] = perf["peak"]
+    with jax.set_mesh(mesh):
+        parts = dict(cfg=cfg, mesh=mesh, scheme=scheme, schedules=schedules, shardings=shardings,
+                     step=make_train_step(forward, tx, scheme, mesh, shardings),
+                     sync=make_sync_step(scheme, mesh, shardings), info=info, perf=perf)
+        if purpose == "compile":
+            return Run(state=abstract, **parts)
+        if purpose == "measure":
+            return Run(state=allocate(), **parts)
+        return _for_training(cfg, run_dir, resuming, forward, allocate, abstract, parts)
+
+
+def _for_training(cfg, run_dir, resuming, forward, allocate, abstract, parts) -> Run:
+    """Data, evaluation, the run directory and the state: restored from the newest checkpoint, or fresh."""
+    mesh, R, B, T = parts["mesh"], cfg.parallel.replica, cfg.data.batch_size, cfg.data.seq_len
+    source = open_source(cfg.data)
+    tokenizer = load_tokenizer(source, cfg.data, cfg.model.vocab_size) if is_primary() else None
+    barrier("tokenizer")  # process 0 trains and caches it; the others read the cache
+    tokenizer = tokenizer or load_tokenizer(source, cfg.data, cfg.model.vocab_size)
+    val_rows = validation_rows(source, tokenizer, T, B * math.ceil(cfg.eval.tokens / (B * T)))
+    parts["info"].update({"corpus": source.name, "corpus_fingerprint": source.fingerprint,
+                          "tokenizer_vocab": tokenizer.vocab_size})
+    say(f"jaximus: {parts['info']['params']:,} params | {R} islands x {cfg.parallel.fsdp} devices "
+        f"({cfg.parallel.strategy}) | outer {parts['scheme'].name} | {parts['perf']['tokens_per_step']:,} "
+        f"tokens/step | peak {parts['info']['peak_source']} | run dir {run_dir}")
+    if cfg.run.resume == "fresh" and is_primary():  # only now that every check has passed
+        clear(run_dir / "checkpoints")
+    barrier("checkpoints cleared")
+    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep)
+    resume_at = cfg.run.resume if isinstance(cfg.run.resume, int) else None
+    restored = checkpointer.restore(abstract, resume_at) if resuming else None
+    if restored:
+        state, meta = restored
+        progress = Progress.from_meta(meta["progress"])
+        say(f"jaximus: resuming from step {progress.step} ({run_dir / 'checkpoints'})")
+    else:
+        state, progress = allocate(), Progress()
+    evaluate = make_eval_step(forward, tokenizer.token_bytes, mesh)
+    if progress.step >= cfg.max_steps:  # nothing to train: leave the run directory as it is
+        return Run(state=state, evaluate=evaluate, checkpointer=checkpointer, progress=progress, **parts)
+    logger = make_logger(cfg, {**cfg.to_dict(), "resolved": parts["info"]}, cfg.max_steps, resume_step=progress.step)
+    islands = local_islands(mesh)
+    positions = [progress.positions[r] for r in islands] if progress.positions else None
+    loader = TrainLoader(source, tokenizer, T, B // R, islands, R, prefetch=cfg.data.prefetch,
+                         state={"positions": positions} if positions else None)
+    return Run(state=state, evaluate=evaluate, val_batches=replicated_input(split_val_rows(val_rows, R, B), val_sharding(mesh)), loader=loader,
+               logger=logger, checkpointer=checkpointer, progress=progress,
+               ledger=Ledger(parts["scheme"].ledger(), progress, R), **parts)
+
+
+def say(text: str) -> None:
+    if is_primary():
+        print(text, flush=True)
