@@ -33,8 +33,14 @@ class Run:
         return self.config["outer"]["name"]
 
     @property
+    def ledger(self) -> dict:
+        """The scheme's bytes per event, as the run recorded them: {"step": {...}, "sync": {group: bytes}}."""
+        return self.config.get("resolved", {}).get("ledger", {"step": {}, "sync": {}})
+
+    @property
     def sync_every(self) -> int | None:
-        return None if self.scheme == "sync" else self.config["outer"]["sync_every"]
+        """H for a scheme that has syncs; None for one that talks only inside the inner step."""
+        return self.config["outer"]["sync_every"] if self.ledger["sync"] else None
 
     @property
     def islands(self) -> int:
@@ -73,7 +79,7 @@ class Run:
     @property
     def blocking_every_step(self) -> bool:
         """True for schemes that communicate inside the inner step (sync data-parallel)."""
-        return bool(self.config.get("resolved", {}).get("ledger", {}).get("per_inner_step"))
+        return any(self.ledger["step"].values())
 
     def events(self) -> list[tuple[int, float]]:
         """(step, bytes) of every communication event so far, from the cumulative ledger.

@@ -57,12 +57,12 @@ def finalize_config(config_module: ModuleType, overrides: list[str], schema: dic
             raise UserError(f"argument {arg!r}: overrides are written key=value (e.g. max_steps=100)")
     try:
         cfg = builder.finalize(overrides)
+    except (sws.OverrideError, sws.CycleError) as e:  # both are FinalizeErrors
+        raise UserError(f"config: {_one_line(e)}") from None
     except sws.FinalizeError as e:  # a derived value failed: most likely an override of the wrong type
         if schema is not None:
             check_types(_without_derived(config_module).finalize(overrides), schema)
         raise UserError(f"config: {_one_line(e)} ({_one_line(e.__cause__ or e)}); check the overrides") from None
-    except (sws.OverrideError, sws.CycleError) as e:
-        raise UserError(f"config: {_one_line(e)}") from None
     if schema is not None:
         check_types(cfg, schema)
     return cfg

@@ -11,7 +11,7 @@ from outer_optimizers import SCHEMES
 @pytest.mark.parametrize("name", list(SCHEMES))
 def test_ledger_equals_compiled_cross_island_bytes(nanochat, tiny_cfg, name):
     cfg = tiny_cfg(f"outer.name='{name}'", "outer.sync_every=2")
-    report = inspect_scheme(cfg, nanochat, make_mesh(4, 2))
+    report = inspect_scheme(cfg, nanochat)
     inner = report["inner"]
     assert inner["hlo"] == inner["ledger"]
     if name == "sync":

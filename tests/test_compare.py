@@ -22,8 +22,8 @@ def write_run(path, scheme, final_bpb, every=1, steps=4, tokens_per_step=1000, f
               "parallel": {"replica": 2, "fsdp": 1},
               "outer": {"name": scheme, "sync_every": every}, "run": {"name": path.name},
               "resolved": {"flops_per_token": 6e6,
-                           "ledger": {"per_inner_step": {"grads": 100 * MiB}, "per_sync": {}} if per_step
-                           else {"per_inner_step": {}, "per_sync": {"params": 100 * MiB}}}}
+                           "ledger": {"step": {"grads": 100 * MiB}, "sync": {}} if per_step
+                           else {"step": {}, "sync": {"params": 100 * MiB}}}}
     (path / "config.json").write_text(json.dumps(config))
     lines, syncs = [{"step": 0, "tokens": 0, "val/loss": 1.0, "val/bpb": final_bpb + steps * 0.1}], 0
     for step in range(1, steps + 1):

@@ -8,31 +8,21 @@ import numpy as np
 import pytest
 from conftest import NANOCHAT, ROOT, TINY
 
-from jaximus.mesh import batch_sharding, make_mesh
-from jaximus.state import init_state
-from jaximus.step import make_train_step
+from jaximus.build import build
 from train import main
 
 DILOCO = str(ROOT / "experiments" / "diloco_nanochat" / "config.py")
 
 
 def run_steps(nanochat, cfg, rows, steps):
-    """Mean island loss per step for `rows` (steps, B, T+1) on cfg's mesh."""
+    """Mean island loss per step for `rows` (steps, B, T+1) on cfg's mesh, through the built inner step."""
     R = cfg.parallel.replica
-    mesh = make_mesh(R, cfg.parallel.fsdp)
-    tx, _, _ = nanochat["optimizer"].make_optimizer(cfg)
-    forward = nanochat["model"].make_model_forward(cfg)
-    with jax.set_mesh(mesh):
-        init = lambda k: nanochat["model"].init_model_weights(cfg, k)  # noqa: E731
-        full, shardings = init_state(init, tx, mesh, cfg.parallel.strategy, jax.random.key(0))
-        state = full["islands"]
-        step = make_train_step(forward, tx, mesh, shardings["islands"])
-        losses = []
+    with build(cfg, nanochat, purpose="measure") as run:
+        state, losses = run.state, []
         for i in range(steps):
-            batch = jax.device_put(rows[i].reshape(R, -1, rows.shape[-1]), batch_sharding(mesh))
-            state, loss = step(state, batch)
+            state, loss = run.step(state, run.batch(rows[i].reshape(R, -1, rows.shape[-1])))
             losses.append(float(np.mean(loss)))
-        return losses, state, step
+        return losses, state.islands, run.step
 
 
 def test_meshes_agree_and_step_compiles_once(nanochat, tiny_cfg):
@@ -44,11 +34,11 @@ def test_meshes_agree_and_step_compiles_once(nanochat, tiny_cfg):
     np.testing.assert_allclose(a, b, rtol=1e-5)
     np.testing.assert_allclose(a, c, rtol=1e-5)
     assert a[-1] < a[0]
-    islands = np.asarray(state_a["params"]["lm_head"])
+    islands = np.asarray(state_a.params["lm_head"])
     np.testing.assert_array_equal(islands[0], islands[3])  # sync DP keeps islands identical
-    np.testing.assert_allclose(islands[0], np.asarray(state_b["params"]["lm_head"])[0], atol=1e-5)
+    np.testing.assert_allclose(islands[0], np.asarray(state_b.params["lm_head"])[0], atol=1e-5)
     assert step_a._cache_size() == 1 and step_b._cache_size() == 1  # no recompilation after step 1
-    assert state_a["params"]["wte"].sharding.spec == jax.P("replica", "fsdp", None)  # born sharded
+    assert state_a.params["wte"].sharding.spec == jax.P("replica", "fsdp", None)  # born sharded
 
 
 def test_smoke_run_writes_run_directory(tmp_path, capsys, monkeypatch):
@@ -86,8 +76,8 @@ def test_diloco_run_logs_outer_metrics_and_ledger(tmp_path, capsys):
     assert all(f"train/island_loss/{r}" in train[-1] for r in range(4))
     summary = json.loads((tmp_path / "d" / "summary.json").read_text())
     assert summary["comm/syncs"] == 2
-    assert summary["comm/cross_island_bytes"] == 2 * summary["ledger"]["per_sync"]["params"] == 2 * 4 * summary["params"]
-    assert [m["comm/cross_island_bytes"] for m in train][3:5] == [summary["ledger"]["per_sync"]["params"]] * 2
+    assert summary["comm/cross_island_bytes"] == 2 * summary["ledger"]["sync"]["params"] == 2 * 4 * summary["params"]
+    assert [m["comm/cross_island_bytes"] for m in train][3:5] == [summary["ledger"]["sync"]["params"]] * 2
 
 
 def test_diloco_trains_through_island_dropout(tmp_path, capsys):
