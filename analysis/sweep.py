@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from jaximus import UserError
-from jaximus.config import check_config, finalize_config, load_experiment
+from jaximus.build import load_config
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 RESERVED = ("run.out_dir", "run.name")  # the sweep decides where each point's run lives
@@ -91,11 +91,10 @@ def plan(config: str, positional: list[str], grids: list[str]) -> list[dict]:
     effective = [_effective(p) for p in points]
     keys = {k for e in effective for k in e}
     varying = {k for k in keys if len({e.get(k) for e in effective}) > 1}
-    experiment = load_experiment(config)
     planned = []
     for overrides in points:
         try:
-            check_config(finalize_config(experiment["config"], overrides))
+            load_config(config, overrides)  # every key's type, range and relations, as train.py checks them
         except UserError as e:
             raise UserError(f"point {' '.join(overrides)}: {e}") from None
         planned.append({"name": point_name(overrides, varying), "overrides": overrides})

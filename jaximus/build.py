@@ -17,8 +17,17 @@ from jaximus.config import check_config, check_writable, finalize_config, load_e
 from jaximus.data.loader import TrainLoader, validation_rows
 from jaximus.data.sources import open_source
 from jaximus.data.tokenizer import load_tokenizer
-from jaximus.distributed import (barrier, check_distributed, check_layout, global_batch, initialize, is_primary,
-                                 local_cpu_devices, local_islands, replicated_input)
+from jaximus.distributed import (
+    barrier,
+    check_distributed,
+    check_layout,
+    global_batch,
+    initialize,
+    is_primary,
+    local_cpu_devices,
+    local_islands,
+    replicated_input,
+)
 from jaximus.evaluate import split_val_rows, val_sharding
 from jaximus.ledger import Ledger
 from jaximus.log import make_logger, resolve_wandb_mode
@@ -161,8 +170,9 @@ def _for_training(cfg, run_dir, resuming, forward, allocate, abstract, parts) ->
     positions = [progress.positions[r] for r in islands] if progress.positions else None
     loader = TrainLoader(source, tokenizer, T, B // R, islands, R, prefetch=cfg.data.prefetch,
                          state={"positions": positions} if positions else None)
-    return Run(state=state, evaluate=evaluate, val_batches=replicated_input(split_val_rows(val_rows, R, B), val_sharding(mesh)), loader=loader,
-               logger=logger, checkpointer=checkpointer, progress=progress,
+    val_batches = replicated_input(split_val_rows(val_rows, R, B), val_sharding(mesh))
+    return Run(state=state, evaluate=evaluate, val_batches=val_batches, loader=loader, logger=logger,
+               checkpointer=checkpointer, progress=progress,
                ledger=Ledger(parts["scheme"].ledger(), progress, R), **parts)
 
 

@@ -83,6 +83,9 @@ class RunLogger:
             self.wandb.summary.update(summary)
 
     def close(self) -> None:
+        """Idempotent: the loop closes the logger when the run completes, the Run again on exit."""
+        if self.metrics.closed:
+            return
         self.bar.close()
         self.metrics.close()
         if self.wandb is not None:

@@ -97,6 +97,7 @@ def train(run) -> dict:
     run.state = state
     summary = {**_summary(cfg, progress, clock, run), **run.info}
     logger.write_summary(summary)
+    logger.close()  # the progress bar ends before the last line is printed
     _say(f"jaximus: done | val bpb {summary['val/bpb_initial']:.4f} -> {summary['val/bpb']:.4f} | "
          f"{summary['perf/tokens_per_sec']:,.0f} tokens/s | {summary['comm/cross_island_bytes'] / 2**20:,.1f} MiB "
          f"cross-island in {summary['comm/syncs']} syncs | run dir {run_dir}")

@@ -42,7 +42,7 @@ def add_outer_config(c) -> None:
     c.outer.lr = 0.7
     c.outer.momentum = 0.9
     c.outer.nesterov = True
-    c.outer.optimizer_kwargs = {}  # extra keyword arguments for a non-sgd outer optimizer
+    c.outer.optimizer_kwargs = None  # extra keyword arguments for a non-sgd outer optimizer, e.g. {"b1": 0.9}
     c.outer.reset_inner_opt = False  # local_sgd: reset the inner optimizer's moments after each round (Photon)
     c.outer.first_moment_every = lambda: 3 * c.outer.sync_every  # DES-LOC K_u = 3 K_x (2505.22549)
     c.outer.second_moment_every = lambda: 6 * c.outer.sync_every  # DES-LOC K_v = 6 K_x
@@ -57,7 +57,7 @@ OUTER_SCHEMA = {
     "outer.lr": number(0),
     "outer.momentum": number(0, 1, hi_open=True),
     "outer.nesterov": flag(),
-    "outer.optimizer_kwargs": Spec("dict"),
+    "outer.optimizer_kwargs": Spec("dict", optional=True),
     "outer.reset_inner_opt": flag(),
     "outer.first_moment_every": integer(1),
     "outer.second_moment_every": integer(1),

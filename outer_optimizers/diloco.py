@@ -21,11 +21,12 @@ def make_outer_optimizer(outer_cfg) -> optax.GradientTransformation:
     factory = getattr(optax, name, None)
     if not callable(factory):
         raise UserError(f"outer.optimizer={name!r}: not an optax optimizer (e.g. sgd, adam, adamw, lion)")
+    kwargs = outer_cfg.optimizer_kwargs
+    kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs or {})
     try:
-        return factory(learning_rate=lr, **dict(outer_cfg.optimizer_kwargs))
+        return factory(learning_rate=lr, **kwargs)
     except TypeError as e:
-        raise UserError(f"outer.optimizer={name!r} with outer.optimizer_kwargs="
-                        f"{dict(outer_cfg.optimizer_kwargs)}: {e}") from None
+        raise UserError(f"outer.optimizer={name!r} with outer.optimizer_kwargs={kwargs}: {e}") from None
 
 
 def outer_step(outer_tx, island_params, outer: OuterState, weight):

@@ -1,14 +1,17 @@
 """No hidden communication: the compiled programs move exactly the bytes the ledger states."""
 import jax
+import numpy as np
 import pytest
 
 from jaximus.hlo import collectives, crosses_islands
 from jaximus.inspect import inspect_scheme, main
+from jaximus.islands import island_mean, tree_bytes
 from jaximus.mesh import make_mesh
-from outer_optimizers import SCHEMES
+from jaximus.state import OuterState
+from outer_optimizers import SCHEMES, Scheme
 
 
-@pytest.mark.parametrize("name", list(SCHEMES))
+@pytest.mark.parametrize("name", ["sync", "diloco", "local_sgd", "local_adam", "desloc"])
 def test_ledger_equals_compiled_cross_island_bytes(nanochat, tiny_cfg, name):
     cfg = tiny_cfg(f"outer.name='{name}'", "outer.sync_every=2")
     report = inspect_scheme(cfg, nanochat)
@@ -42,3 +45,35 @@ def test_inspect_command_prints_every_scheme(capsys):
     assert main(["--config", NANOCHAT, *TINY, "--schemes", "sync,diloco"]) == 0
     out = capsys.readouterr().out
     assert "sync " in out and "diloco " in out and "FLOPs/token" in out
+
+
+class InStepEcho(Scheme):
+    """A protocol probe: each inner step issues the island mean of lm_head and consumes last step's (tau = 1)."""
+    name = "in_step_echo"
+
+    def init(self, params):
+        return OuterState(params, (), {"in_flight": params["lm_head"]})
+
+    def in_step(self, island, outer, step):
+        arrived, issued = outer.buffers["in_flight"], island_mean(island.params["lm_head"])
+        return island, OuterState({**outer.params, "lm_head": arrived}, outer.opt_state, {"in_flight": issued})
+
+    def ledger(self):
+        return self._with_peers({"step": {"in_flight": tree_bytes(self.island.params["lm_head"])}, "sync": {}})
+
+
+def test_a_scheme_can_talk_inside_the_inner_step(nanochat, tiny_cfg, tmp_path, monkeypatch):
+    """The in-step hook: its collective is compiled into the inner step (ledger = HLO), its buffer is carried
+    in the state from one step to the next, and the loop runs it with no special case."""
+    from test_outer import drive
+    monkeypatch.setitem(SCHEMES, InStepEcho.name, InStepEcho)
+    cfg = tiny_cfg(f"outer.name='{InStepEcho.name}'", f"run.out_dir='{tmp_path}'", "max_steps=3")
+    report = inspect_scheme(cfg, nanochat)
+    assert report["inner"]["collectives"] == 1 and report["inner"]["hlo"] == report["inner"]["ledger"] > 0
+    _, history = drive(nanochat, cfg, 3)
+    for before, now in zip(history, history[1:]):
+        mean_before = np.mean(np.asarray(before.islands.params["lm_head"], np.float64), axis=0)
+        mean_now = np.mean(np.asarray(now.islands.params["lm_head"], np.float64), axis=0)
+        for r in range(4):
+            np.testing.assert_allclose(now.outer.buffers["in_flight"][r], mean_now, rtol=1e-5, atol=1e-8)
+            np.testing.assert_allclose(now.outer.params["lm_head"][r], mean_before, rtol=1e-5, atol=1e-8)

@@ -5,6 +5,7 @@ import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from conftest import NANOCHAT, ROOT, TINY
 
@@ -90,6 +91,50 @@ def test_diloco_trains_through_island_dropout(tmp_path, capsys):
     assert all(m["outer/islands_present"] == m["outer/present"].count("1") for m in metrics if "outer/present" in m)
     summary = json.loads((tmp_path / "drop" / "summary.json").read_text())
     assert summary["val/bpb"] < summary["val/bpb_initial"] - 0.2
+    # an island that dropped out of a sync sent nothing: the ledger counts the islands present
+    per_sync = summary["ledger"]["sync"]["params"]
+    assert summary["comm/island_bytes"] == [per_sync * sum(p[r] == "1" for p in present) for r in range(4)]
+    assert summary["comm/cross_island_bytes"] == pytest.approx(per_sync * sum(p.count("1") for p in present) / 4)
+
+
+@pytest.mark.parametrize("scheme", ["sync", "diloco", "local_sgd", "local_adam", "desloc"])
+def test_one_island_trains_and_sends_nothing(tmp_path, capsys, scheme):
+    """M = 1, the case the DiLoCo scaling-laws paper shows beating data-parallel."""
+    rc = main(["--config", DILOCO, *TINY, "parallel.replica=1", "parallel.fsdp=8", "max_steps=4", "outer.sync_every=2",
+               f"outer.name='{scheme}'", f"run.out_dir='{tmp_path}'", "run.name='one'"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert summary["val/bpb"] < summary["val/bpb_initial"]
+    assert summary["comm/cross_island_bytes"] == 0 and summary["comm/island_bytes"] == [0]
+
+
+def test_run_ends_with_a_sync_of_what_is_pending(tmp_path, capsys):
+    """max_steps = 4 with H = 3: step 4's local progress reaches the outer model that is evaluated."""
+    rc = main(["--config", DILOCO, *TINY, "max_steps=4", "outer.sync_every=3", f"run.out_dir='{tmp_path}'",
+               "run.name='tail'"])
+    assert rc == 0, capsys.readouterr().err
+    metrics = [json.loads(line) for line in (tmp_path / "tail" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "outer/groups" in m] == [3, 4]
+    summary = json.loads((tmp_path / "tail" / "summary.json").read_text())
+    assert summary["comm/syncs"] == 2 and summary["comm/cross_island_bytes"] == 2 * summary["ledger"]["sync"]["params"]
+    saved = ocp.StandardCheckpointer().restore(tmp_path / "tail" / "checkpoints" / "4" / "state")
+    for outer, island in zip(jax.tree.leaves(saved["outer"]["params"]), jax.tree.leaves(saved["islands"]["params"])):
+        np.testing.assert_array_equal(island, outer)  # every island restarted from the final outer step
+
+
+def test_default_desloc_stays_stable(tmp_path, capsys):
+    """DES-LOC averages first moments at step 6 without second moments; AdamW divides the averaged mu by an
+    island's zero nu on embedding rows it never saw (|wte| 4.6 -> 1e6); the default inner ADOPT does not."""
+    rc = main(["--config", DILOCO, *TINY, "outer.name='desloc'", "outer.sync_every=2", "max_steps=12",
+               "checkpoint.every=6", f"run.out_dir='{tmp_path}'", "run.name='desloc'"])
+    assert rc == 0, capsys.readouterr().err
+    metrics = [json.loads(line) for line in (tmp_path / "desloc" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if m.get("outer/groups") == "mu,params"] == [6]
+    train = [m["train/loss"] for m in metrics if "train/loss" in m]
+    assert all(np.isfinite(train)) and train[-1] < train[0] - 1.0
+    initial = ocp.StandardCheckpointer().restore(tmp_path / "desloc" / "checkpoints" / "6" / "state")
+    wte = ocp.StandardCheckpointer().restore(tmp_path / "desloc" / "checkpoints" / "12" / "state")["islands"]["params"]["wte"]
+    assert np.abs(wte).max() < 2 * np.abs(initial["outer"]["params"]["wte"]).max()
 
 
 BAD_INPUTS = [

@@ -5,7 +5,10 @@ comparison sweeps. `outer.name=sync` turns the same run into synchronous data-pa
 """
 import sws
 
+from experiments.nanochat.config import check_config, config_schema
 from experiments.nanochat.config import get_config as nanochat_config
+
+__all__ = ["check_config", "config_schema", "get_config"]
 
 
 def get_config() -> sws.Config:

@@ -1,0 +1,65 @@
+"""Every key of the default configs is checked for type and range before JAX starts: one line, exit 2."""
+import pytest
+from conftest import NANOCHAT, ROOT, TINY
+
+from jaximus.build import load_config
+from jaximus.config import load_experiment
+from jaximus.schema import SCHEMA, flatten
+from outer_optimizers import OUTER_SCHEMA
+from train import main
+
+DILOCO = str(ROOT / "experiments" / "diloco_nanochat" / "config.py")
+
+
+def schema_of(config_path):
+    exp = load_experiment(config_path)
+    return {**SCHEMA, **OUTER_SCHEMA, **exp["config"].config_schema()}
+
+
+def wrong_value(spec) -> str:
+    """An override of another type than the spec allows."""
+    if spec.kind == "str":
+        return "12345"
+    if spec.kind == "strs":
+        return "3.5"
+    if spec.kind == "dict":
+        return "3"
+    if spec.also:  # an integer or a word (run.resume)
+        return "2.5"
+    return "'abc'"  # numbers, integers, flags
+
+
+def default_keys(config_path):
+    cfg, _ = load_config(config_path, [])
+    return sorted(flatten(cfg.to_dict()))
+
+
+@pytest.mark.parametrize("config_path", [NANOCHAT, DILOCO])
+def test_every_default_key_has_a_spec(config_path):
+    missing = set(default_keys(config_path)) - set(schema_of(config_path))
+    assert not missing, f"keys without a type and range: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("key", default_keys(DILOCO))
+def test_every_key_rejects_a_wrong_type(tmp_path, capsys, key):
+    value = wrong_value(schema_of(DILOCO)[key])
+    rc = main(["--config", DILOCO, *TINY, f"run.out_dir='{tmp_path}'", f"{key}={value}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and key in err[0], err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["model.depth=0"], "error: model.depth=0: must be an integer >= 1"),
+    (["max_steps=abc"], "error: max_steps='abc': must be an integer >= 1"),
+    (["model.depth='four'"], "error: model.depth='four': must be an integer >= 1"),
+    (["model.depth=4", "model.n_kv_head=3"], "error: model.n_kv_head=3: must divide model.n_head=2"),
+    (["outer.nam=diloco"], "error: config: Unknown override key 'outer.nam'; did you mean: outer.name"),
+    (["faults.island_dropout=1.0"], "error: faults.island_dropout=1.0: must be a number in [0, 1)"),
+    (["run.resume=-1"], "error: run.resume=-1: must be an integer >= 0 (or 'auto' or 'fresh')"),
+])
+def test_bad_values_name_the_key_and_the_fix(tmp_path, capsys, overrides, expected):
+    rc = main(["--config", DILOCO, *TINY, f"run.out_dir='{tmp_path}'", *overrides])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(expected), err
+    assert not list(tmp_path.iterdir())
