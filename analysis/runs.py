@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jaximus import UserError
-from jaximus.checkpoint import flat_config
+from jaximus.schema import flatten
 
 # Keys that may differ between runs of one comparison: the scheme itself and where/how the run is kept.
 COMPARABLE_EXCEPT = ("outer.", "run.", "faults.", "log.", "wandb.", "checkpoint.", "resolved.", "git_commit",
@@ -101,7 +101,7 @@ class Run:
 
 def config_differences(a: Run, b: Run) -> dict[str, tuple]:
     """Keys (other than the scheme's and the run's own) whose values differ: {key: (a's, b's)}."""
-    fa, fb = flat_config(a.config), flat_config(b.config)
+    fa, fb = flatten(a.config), flatten(b.config)
     keys = sorted(set(fa) | set(fb))
     return {k: (fa.get(k), fb.get(k)) for k in keys
             if not k.startswith(COMPARABLE_EXCEPT) and fa.get(k) != fb.get(k)}

@@ -12,24 +12,15 @@ from pathlib import Path
 import orbax.checkpoint as ocp
 
 from jaximus import UserError
+from jaximus.schema import flatten
 
 # Keys whose change alters the state's shapes or the data order: a resumed run must keep them.
 FROZEN_PREFIXES = ("seed", "model.", "data.", "parallel.", "outer.name", "outer.optimizer")
 FREE_KEYS = ("data.prefetch", "data.cache_dir")
 
 
-def flat_config(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, dict):
-            out.update(flat_config(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def frozen_differences(saved: dict, current: dict) -> list[str]:
-    a, b = flat_config(saved), flat_config(current)
+    a, b = flatten(saved), flatten(current)
     keys = sorted(k for k in set(a) | set(b) if k.startswith(FROZEN_PREFIXES) and k not in FREE_KEYS)
     return [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in keys if _norm(a.get(k)) != _norm(b.get(k))]
 
