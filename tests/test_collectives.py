@@ -77,3 +77,23 @@ def test_a_scheme_can_talk_inside_the_inner_step(nanochat, tiny_cfg, tmp_path, m
         for r in range(4):
             np.testing.assert_allclose(now.outer.buffers["in_flight"][r], mean_now, rtol=1e-5, atol=1e-8)
             np.testing.assert_allclose(now.outer.params["lm_head"][r], mean_before, rtol=1e-5, atol=1e-8)
+
+
+def test_in_flight_buffers_resume_exactly(tmp_path, monkeypatch, capsys):
+    """Stopped at step 2 with a payload in flight and resumed, the run ends bitwise where an unbroken one does."""
+    import orbax.checkpoint as ocp
+    from conftest import NANOCHAT, TINY
+
+    from train import main
+    monkeypatch.setitem(SCHEMES, InStepEcho.name, InStepEcho)
+    run = [*TINY, f"outer.name='{InStepEcho.name}'", f"run.out_dir='{tmp_path}'", "optimizer.warmdown_frac=0.0",
+           "checkpoint.every=2"]
+    assert main(["--config", NANOCHAT, *run, "max_steps=4", "run.name='whole'"]) == 0
+    assert main(["--config", NANOCHAT, *run, "max_steps=2", "run.name='broken'"]) == 0
+    assert main(["--config", NANOCHAT, *run, "max_steps=4", "run.name='broken'"]) == 0
+    assert "resuming from step 2" in capsys.readouterr().out
+    whole, broken = (ocp.StandardCheckpointer().restore(tmp_path / name / "checkpoints" / "4" / "state")
+                     for name in ("whole", "broken"))
+    assert np.any(whole["outer"]["buffers"]["in_flight"])
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(broken), strict=True):
+        np.testing.assert_array_equal(a, b)
