@@ -19,16 +19,20 @@ from jaximus.hlo import cross_island_bytes, processes_spanned
 from jaximus.mesh import batch_sharding
 
 
-def sync_events(scheme, horizon: int = 10_000) -> dict[frozenset, float]:
-    """Each distinct set of synced groups and how often it occurs per inner step (over one full cycle)."""
+def occurrences(scheme, what, horizon: int = 10_000) -> dict[frozenset, float]:
+    """Each distinct value of what(step) and how often it occurs per inner step, over one full cycle."""
     periods = [getattr(scheme, "every", None)] + list(getattr(scheme, "periods", {}).values())
-    cycle = math.lcm(*[p for p in periods if p]) if any(periods) else 1
+    cycle = min(math.lcm(*[p for p in periods if p]) if any(periods) else 1, horizon)
     counts: dict[frozenset, int] = {}
-    for step in range(1, min(cycle, horizon) + 1):
-        groups = scheme.due(step)
-        if groups:
-            counts[groups] = counts.get(groups, 0) + 1
-    return {g: n / cycle for g, n in counts.items()}
+    for step in range(1, cycle + 1):
+        value = what(step)
+        counts[value] = counts.get(value, 0) + 1
+    return {v: n / cycle for v, n in counts.items()}
+
+
+def sync_events(scheme) -> dict[frozenset, float]:
+    """Each distinct set of synced groups and how often it occurs per inner step."""
+    return {g: rate for g, rate in occurrences(scheme, scheme.due).items() if g}
 
 
 def inspect_scheme(cfg, exp) -> dict:
@@ -40,22 +44,24 @@ def inspect_scheme(cfg, exp) -> dict:
     weights = jax.ShapeDtypeStruct((R,), np.float32, sharding=jax.NamedSharding(mesh, jax.P("replica")))
     ledger = scheme.ledger()
     with jax.set_mesh(mesh):
-        inner_hlo = run.step.lower(state, batch).compile().as_text()
+        inner = []
+        for step_events, rate in occurrences(scheme, scheme.step_events).items():
+            hlo = run.step.build(step_events).lower(state, batch).compile().as_text()
+            count, measured = cross_island_bytes(hlo, mesh)
+            inner.append({"events": sorted(step_events), "per_step": rate, "hlo": measured, "collectives": count,
+                          "ledger": sum(ledger["step"].get(e, 0) for e in step_events),
+                          "processes": processes_spanned(hlo, mesh)})
         events = []
         for groups, rate in sync_events(scheme).items():
             hlo = run.sync.build(groups).lower(state, weights).compile().as_text()
             count, measured = cross_island_bytes(hlo, mesh)
             events.append({"groups": sorted(groups), "per_step": rate, "hlo": measured, "collectives": count,
                            "ledger": sum(ledger["sync"][g] for g in groups), "processes": processes_spanned(hlo, mesh)})
-    inner_count, inner_measured = cross_island_bytes(inner_hlo, mesh)
     per_device = sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
                      for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(run.shardings)))
-    inner_ledger = sum(ledger["step"].values())
     return {"scheme": scheme.name, "params": run.info["params"], "state_bytes_per_device": per_device,
-            "flops_per_token": run.info["flops_per_token"],
-            "inner": {"ledger": inner_ledger, "hlo": inner_measured, "collectives": inner_count,
-                      "processes": processes_spanned(inner_hlo, mesh)}, "syncs": events,
-            "bytes_per_step": inner_ledger + sum(e["ledger"] * e["per_step"] for e in events)}
+            "flops_per_token": run.info["flops_per_token"], "inner": inner, "syncs": events,
+            "bytes_per_step": sum(e["ledger"] * e["per_step"] for e in inner + events)}
 
 
 def _mib(n: float) -> str:
@@ -86,16 +92,18 @@ def main(argv=None) -> int:
     print(f"{'scheme':11} {'state/device':>13} {'event':22} {'per step':>8} {'ledger':>13} {'HLO':>13} {'colls':>5} "
           f"{'procs':>5} {'amortized/step':>15}")
     for r in reports:
-        rows = [("inner step", 1.0, r["inner"])] if r["inner"]["ledger"] or r["inner"]["collectives"] else []
-        rows += [("sync " + "+".join(e["groups"]), e["per_step"], e) for e in r["syncs"]]
-        rows = rows or [("inner step", 1.0, r["inner"])]
+        inner = [("inner step " + "+".join(e["events"]), e["per_step"], e) for e in r["inner"]
+                 if e["ledger"] or e["collectives"]]
+        rows = inner + [("sync " + "+".join(e["groups"]), e["per_step"], e) for e in r["syncs"]]
+        rows = rows or [("inner step", 1.0, r["inner"][0])]
         for i, (event, rate, e) in enumerate(rows):
             head = (f"{r['scheme']:11} {_mib(r['state_bytes_per_device']):>13}" if i == 0 else " " * 25)
             tail = f"{_mib(r['bytes_per_step']):>15}" if i == 0 else ""
             print(f"{head} {event:22} {rate:8.3f} {_mib(e['ledger']):>13} {_mib(e['hlo']):>13} {e['collectives']:5} "
                   f"{e['processes']:5} {tail}")
-        if r["syncs"] and r["inner"]["collectives"]:
-            print(f"{'':25} inner step has {r['inner']['collectives']} cross-island collectives!")
+        unaccounted = sum(e["collectives"] for e in r["inner"] if not e["ledger"])
+        if unaccounted:
+            print(f"{'':25} inner step has {unaccounted} cross-island collectives the ledger does not know!")
     return 0
 
 

@@ -5,16 +5,17 @@ from jaximus.state import Progress
 
 class Ledger:
     def __init__(self, scheme_ledger: dict[str, dict[str, int]], progress: Progress, num_islands: int):
-        self.per_step = sum(scheme_ledger["step"].values())
+        self.per_event = scheme_ledger["step"]
         self.per_group = scheme_ledger["sync"]
         self.progress = progress
         if not progress.island_bytes:
             progress.island_bytes = [0] * num_islands
 
-    def inner_step(self) -> None:
-        """A scheme that talks inside the inner step (sync DP's gradients) sends on every step."""
-        if self.per_step:
-            self.progress.island_bytes = [b + self.per_step for b in self.progress.island_bytes]
+    def inner_step(self, events) -> None:
+        """What the inner step's events sent (sync DP's gradients on every step), as one communication event."""
+        sent = sum(self.per_event.get(e, 0) for e in events)
+        if sent:
+            self.progress.island_bytes = [b + sent for b in self.progress.island_bytes]
             self.progress.syncs += 1
 
     def sync(self, groups, weights) -> None:

@@ -26,12 +26,12 @@ def advance(run, state, step: int):
 
     After the last step whatever is pending syncs, so the final evaluation reflects all the compute.
     """
-    cfg, scheme = run.cfg, run.scheme
-    state, loss = run.step(state, run.batch(next(run.loader)))
+    cfg, scheme, done = run.cfg, run.scheme, step + 1
+    events = scheme.step_events(done)
+    state, loss = run.step(state, run.batch(next(run.loader)), events)
     if _serialize():
         jax.block_until_ready(state)
-    run.ledger.inner_step()
-    done = step + 1
+    run.ledger.inner_step(events)
     metrics = {"step": done, "tokens": done * run.perf["tokens_per_step"],
                **{f"lr/{k}": float(f(step)) for k, f in run.schedules.items()}}
     groups = scheme.due(done, last=done == cfg.max_steps)

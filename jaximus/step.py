@@ -24,19 +24,30 @@ def make_loss_fn(forward):
 
 
 def make_train_step(forward, tx, scheme, mesh, shardings):
-    """step(state, batch_RBT1) -> (state, loss_R); the state's buffers are donated."""
+    """step(state, batch_RBT1, events) -> (state, loss_R), compiled once per set of the scheme's step events;
+    the state's buffers are donated."""
     loss_fn = make_loss_fn(forward)
+    compiled = {}
 
-    def island_step(state: TrainState, batch_BT1):
-        batch_BT1 = jax.lax.with_sharding_constraint(batch_BT1, P("fsdp"))
-        params = state.islands.params
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch_BT1)
-        updates, opt_state = tx.update(scheme.grad_hook(grads), state.islands.opt_state, params)
-        island = IslandState(optax.apply_updates(params, updates), opt_state)
-        island, outer = scheme.in_step(island, state.outer, state.step)
-        return TrainState(island, outer, state.step + 1), loss
+    def build(events: frozenset):
+        def island_step(state: TrainState, batch_BT1):
+            batch_BT1 = jax.lax.with_sharding_constraint(batch_BT1, P("fsdp"))
+            params = state.islands.params
+            loss, grads = jax.value_and_grad(loss_fn)(params, batch_BT1)
+            updates, opt_state = tx.update(scheme.grad_hook(grads), state.islands.opt_state, params)
+            island = IslandState(optax.apply_updates(params, updates), opt_state)
+            island, outer = scheme.in_step(island, state.outer, state.step, events)
+            return TrainState(island, outer, state.step + 1), loss
 
-    return jax.jit(per_island(island_step, mesh), donate_argnums=0, out_shardings=(shardings, None))
+        return jax.jit(per_island(island_step, mesh), donate_argnums=0, out_shardings=(shardings, None))
+
+    def step(state, batch, events: frozenset = frozenset()):
+        if events not in compiled:
+            compiled[events] = build(events)
+        return compiled[events](state, batch)
+
+    step.build, step.compiled = build, compiled
+    return step
 
 
 def make_sync_step(scheme, mesh, shardings):
@@ -59,7 +70,7 @@ def make_sync_step(scheme, mesh, shardings):
         return compiled[groups](state, jax.device_put(np.asarray(weights, np.float32),
                                                       NamedSharding(mesh, P("replica"))))
 
-    sync.build = build
+    sync.build, sync.compiled = build, compiled
     return sync
 
 

@@ -6,16 +6,19 @@
         __init__(outer_cfg, inner_tx, island, num_islands)   # island: one island's IslandState (shapes)
         init(params) -> OuterState                # one island's copy of the outer state
         grad_hook(grads) -> grads                 # (1) inside the inner step, on the gradients
-        in_step(island, outer, step) -> (island, outer)   # (2) inside the inner step, after the update
-        due(done, last) -> frozenset[str]         # groups that sync after inner step `done` (1-based)
+        step_events(done) -> frozenset[str]       # what inner step number `done` (1-based) does for the scheme
+        in_step(island, outer, step, events) -> (island, outer)   # (2) inside the inner step, after the update
+        due(done, last) -> frozenset[str]         # groups that sync after inner step `done`
         sync(island, outer, groups, weight) -> (island, outer, metrics)   # (3) the sync program
         ledger() -> {"step": {name: bytes}, "sync": {group: bytes}}       # what one island sends
         global_params(state) -> params            # the model evaluation scores (leading R axis)
 
 A scheme may talk across islands in exactly those three places, always through jaximus.islands: in
 the gradient (sync DP's mean), inside the compiled inner step on its own state (a collective issued
-at step t and consumed at t + tau lets XLA overlap it with that step's compute; `step` is the traced
-step count), and in a sync program that the loop runs when `due` says so. Every function runs per
+at step t and consumed at t + tau lets XLA overlap it with that step's compute), and in a sync
+program that the loop runs when `due` says so. Inner steps come in variants named by their event set
+(say {"issue:fragment1"}): each distinct set compiles its own program, so a step carries exactly the
+collectives of its events, and `ledger()["step"]` gives the bytes of each event that sends. Every function runs per
 island (no leading R axis) inside a shard_map manual over `replica`. Whatever a scheme keeps lives in
 its OuterState (global params, outer optimizer state, buffers), so it is sharded, donated and
 checkpointed with the weights. `due(done, last=True)` is asked after the last step: a run ends with a
@@ -134,7 +137,10 @@ class Scheme:
     def grad_hook(self, grads):
         return grads
 
-    def in_step(self, island: IslandState, outer: OuterState, step) -> tuple[IslandState, OuterState]:
+    def step_events(self, done: int) -> frozenset[str]:
+        return frozenset()
+
+    def in_step(self, island: IslandState, outer: OuterState, step, events: frozenset[str]):
         return island, outer
 
     def due(self, done: int, last: bool = False) -> frozenset[str]:
@@ -144,8 +150,8 @@ class Scheme:
         raise NotImplementedError
 
     def ledger(self) -> dict[str, dict[str, int]]:
-        """Bytes one island sends, before the all-reduce factor: inside every inner step, and per sync by
-        group. One island sends nothing: with no peer, no cross-island collective is compiled."""
+        """Bytes one island sends, before the all-reduce factor: by inner-step event, and per sync by group.
+        One island sends nothing: with no peer, no cross-island collective is compiled."""
         sizes = {"params": tree_bytes(self.island.params), **moment_bytes(self.island.opt_state)}
         return self._with_peers({"step": {}, "sync": {g: sizes[g] for g in self.groups}})
 

@@ -12,6 +12,9 @@ class SyncDP(Scheme):
     def grad_hook(self, grads):
         return island_mean(grads)
 
+    def step_events(self, done):
+        return frozenset({"grads"})
+
     def ledger(self):
         # gradients have the parameters' shapes and dtypes
         return self._with_peers({"step": {"grads": tree_bytes(self.island.params)}, "sync": {}})

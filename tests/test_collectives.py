@@ -15,7 +15,7 @@ from outer_optimizers import SCHEMES, Scheme
 def test_ledger_equals_compiled_cross_island_bytes(nanochat, tiny_cfg, name):
     cfg = tiny_cfg(f"outer.name='{name}'", "outer.sync_every=2")
     report = inspect_scheme(cfg, nanochat)
-    inner = report["inner"]
+    [inner] = report["inner"]  # one variant of the inner step
     assert inner["hlo"] == inner["ledger"]
     if name == "sync":
         assert inner["collectives"] >= 1 and inner["ledger"] == 4 * report["params"] and not report["syncs"]
@@ -54,7 +54,10 @@ class InStepEcho(Scheme):
     def init(self, params):
         return OuterState(params, (), {"in_flight": params["lm_head"]})
 
-    def in_step(self, island, outer, step):
+    def step_events(self, done):
+        return frozenset({"in_flight"})
+
+    def in_step(self, island, outer, step, events):
         arrived, issued = outer.buffers["in_flight"], island_mean(island.params["lm_head"])
         return island, OuterState({**outer.params, "lm_head": arrived}, outer.opt_state, {"in_flight": issued})
 
@@ -68,8 +71,8 @@ def test_a_scheme_can_talk_inside_the_inner_step(nanochat, tiny_cfg, tmp_path, m
     from test_outer import drive
     monkeypatch.setitem(SCHEMES, InStepEcho.name, InStepEcho)
     cfg = tiny_cfg(f"outer.name='{InStepEcho.name}'", f"run.out_dir='{tmp_path}'", "max_steps=3")
-    report = inspect_scheme(cfg, nanochat)
-    assert report["inner"]["collectives"] == 1 and report["inner"]["hlo"] == report["inner"]["ledger"] > 0
+    [inner] = inspect_scheme(cfg, nanochat)["inner"]
+    assert inner["events"] == ["in_flight"] and inner["collectives"] == 1 and inner["hlo"] == inner["ledger"] > 0
     _, history = drive(nanochat, cfg, 3)
     for before, now in zip(history, history[1:]):
         mean_before = np.mean(np.asarray(before.islands.params["lm_head"], np.float64), axis=0)
