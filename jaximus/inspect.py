@@ -20,11 +20,12 @@ from jaximus.mesh import batch_sharding
 
 
 def occurrences(scheme, what, horizon: int = 10_000) -> dict[frozenset, float]:
-    """Each distinct value of what(step) and how often it occurs per inner step, over one full cycle."""
+    """Each distinct value of what(step) and how often it occurs per inner step, over one full cycle in the
+    steady state (the second cycle, so events that wrap around from the previous one are counted)."""
     periods = [getattr(scheme, "every", None)] + list(getattr(scheme, "periods", {}).values())
     cycle = min(math.lcm(*[p for p in periods if p]) if any(periods) else 1, horizon)
     counts: dict[frozenset, int] = {}
-    for step in range(1, cycle + 1):
+    for step in range(cycle + 1, 2 * cycle + 1):
         value = what(step)
         counts[value] = counts.get(value, 0) + 1
     return {v: n / cycle for v, n in counts.items()}
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
     print(f"{first['params']:,} params | {first['flops_per_token']:,} FLOPs/token | mesh {base.parallel.replica} islands "
           f"x {base.parallel.fsdp} devices ({base.parallel.strategy}) | bytes are what one island sends, before the "
           "all-reduce factor (a ring moves ~2(R-1)/R of it)")
-    print(f"{'scheme':11} {'state/device':>13} {'event':22} {'per step':>8} {'ledger':>13} {'HLO':>13} {'colls':>5} "
+    print(f"{'scheme':16} {'state/device':>13} {'event':26} {'per step':>8} {'ledger':>13} {'HLO':>13} {'colls':>5} "
           f"{'procs':>5} {'amortized/step':>15}")
     for r in reports:
         inner = [("inner step " + "+".join(e["events"]), e["per_step"], e) for e in r["inner"]
@@ -97,13 +98,13 @@ def main(argv=None) -> int:
         rows = inner + [("sync " + "+".join(e["groups"]), e["per_step"], e) for e in r["syncs"]]
         rows = rows or [("inner step", 1.0, r["inner"][0])]
         for i, (event, rate, e) in enumerate(rows):
-            head = (f"{r['scheme']:11} {_mib(r['state_bytes_per_device']):>13}" if i == 0 else " " * 25)
+            head = (f"{r['scheme']:16} {_mib(r['state_bytes_per_device']):>13}" if i == 0 else " " * 30)
             tail = f"{_mib(r['bytes_per_step']):>15}" if i == 0 else ""
-            print(f"{head} {event:22} {rate:8.3f} {_mib(e['ledger']):>13} {_mib(e['hlo']):>13} {e['collectives']:5} "
+            print(f"{head} {event:26} {rate:8.3f} {_mib(e['ledger']):>13} {_mib(e['hlo']):>13} {e['collectives']:5} "
                   f"{e['processes']:5} {tail}")
         unaccounted = sum(e["collectives"] for e in r["inner"] if not e["ledger"])
         if unaccounted:
-            print(f"{'':25} inner step has {unaccounted} cross-island collectives the ledger does not know!")
+            print(f"{'':30} inner step has {unaccounted} cross-island collectives the ledger does not know!")
     return 0
 
 

@@ -9,9 +9,10 @@ from outer_optimizers.desloc import DesLoc
 from outer_optimizers.diloco import DiLoCo
 from outer_optimizers.local_adam import LocalAdam
 from outer_optimizers.local_sgd import LocalSGD
+from outer_optimizers.streaming import EagerDiLoCo, StreamingDiLoCo
 from outer_optimizers.sync import SyncDP
 
-SCHEMES = {s.name: s for s in (SyncDP, DiLoCo, LocalSGD, LocalAdam, DesLoc)}
+SCHEMES = {s.name: s for s in (SyncDP, DiLoCo, StreamingDiLoCo, LocalSGD, LocalAdam, DesLoc)}
 
 
 def make_scheme(cfg, inner_tx, island, num_islands: int) -> Scheme:
@@ -21,7 +22,15 @@ def make_scheme(cfg, inner_tx, island, num_islands: int) -> Scheme:
         raise UserError(f"outer.name={name!r}: unknown scheme; choose one of {', '.join(SCHEMES)}")
     if cfg.faults.island_dropout and name == "sync":
         raise UserError("faults.island_dropout applies to local-update schemes; outer.name=sync has no syncs to miss")
-    return SCHEMES[name](cfg.outer, inner_tx, island, num_islands)
+    in_step = cfg.outer.eager or (name == "streaming_diloco" and cfg.outer.overlap_steps)
+    if cfg.faults.island_dropout and in_step:
+        raise UserError("faults.island_dropout with outer.overlap_steps > 0 or outer.eager: an in-step sync cannot "
+                        "leave an island out yet; use outer.overlap_steps=0 and outer.eager=false")
+    if cfg.outer.eager and name not in ("diloco", "streaming_diloco"):
+        raise UserError(f"outer.eager=true with outer.name={name}: eager updates swap a share of the pseudo-gradient "
+                        "fed to an outer step; use diloco or streaming_diloco")
+    scheme = EagerDiLoCo if name == "diloco" and cfg.outer.eager else SCHEMES[name]
+    return scheme(cfg.outer, inner_tx, island, num_islands)
 
 
 __all__ = ["OUTER_SCHEMA", "SCHEMES", "Scheme", "add_outer_config", "make_scheme"]

@@ -39,7 +39,7 @@ SECOND_MOMENT_NAMES = ("nu",)
 
 def add_outer_config(c) -> None:
     """outer.* defaults shared by every experiment (DiLoCo paper: outer Nesterov lr 0.7, momentum 0.9)."""
-    c.outer.name = "sync"  # sync | diloco | local_sgd | local_adam | desloc
+    c.outer.name = "sync"  # sync | diloco | streaming_diloco | local_sgd | local_adam | desloc
     c.outer.sync_every = 20  # H (DES-LOC's K_x): inner steps between syncs (DiLoCo paper: 500)
     c.outer.optimizer = "sgd"  # any optax optimizer taking learning_rate; sgd takes momentum and nesterov
     c.outer.lr = 0.7
@@ -50,6 +50,11 @@ def add_outer_config(c) -> None:
     c.outer.first_moment_every = lambda: 3 * c.outer.sync_every  # DES-LOC K_u = 3 K_x (2505.22549)
     c.outer.second_moment_every = lambda: 6 * c.outer.sync_every  # DES-LOC K_v = 6 K_x
     c.outer.desloc_outer_opt = False  # DES-LOC: apply the outer optimizer to the parameter sync
+    c.outer.fragments = 2  # Streaming DiLoCo's P (2501.18512: 3-layer fragments; our depth 4 has 2 x 2)
+    c.outer.fragment_layout = "strided"  # fragment p holds layers p, p+P, ... (the paper's choice); or sequential
+    c.outer.overlap_steps = 1  # tau: a fragment's mean lands tau steps after it was taken (paper's recipe: 1)
+    c.outer.mix_alpha = 0.0  # theta_island <- alpha theta_island + (1 - alpha) theta_outer (torchft, MaxText: 0)
+    c.outer.eager = False  # diloco / streaming_diloco: eager updates over a whole-round overlap (2502.12996)
     c.faults.island_dropout = 0.0  # probability that an island misses a sync (torchft-style quorum), seeded
 
 
@@ -65,6 +70,11 @@ OUTER_SCHEMA = {
     "outer.first_moment_every": integer(1),
     "outer.second_moment_every": integer(1),
     "outer.desloc_outer_opt": flag(),
+    "outer.fragments": integer(1),
+    "outer.fragment_layout": text("strided", "sequential"),
+    "outer.overlap_steps": integer(0),
+    "outer.mix_alpha": number(0, 1),
+    "outer.eager": flag(),
     "faults.island_dropout": number(0, 1, hi_open=True),
 }
 
