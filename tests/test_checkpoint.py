@@ -42,11 +42,13 @@ def final_state(run_dir, step=12):
     return jax.tree.leaves(ocp.StandardCheckpointer().restore(run_dir / "checkpoints" / str(step) / "state"))
 
 
-@pytest.mark.parametrize("scheme,mid_save", [("sync", False), ("diloco", True), ("desloc", False)])
+@pytest.mark.parametrize("scheme,mid_save", [("sync", False), ("diloco", True), ("desloc", False),
+                                             ("streaming_diloco", False)])
 def test_sigkill_then_resume_is_exact(tmp_path, capsys, scheme, mid_save):
-    outer = f"outer.name='{scheme}'"
-    assert main(["--config", DILOCO, *RUN, outer, f"run.out_dir='{tmp_path}'", "run.name='whole'"]) == 0
-    proc = start(tmp_path, "killed", outer, "checkpoint.every=1")
+    # streaming: H = 4, P = 2, tau = 1, so the checkpoint after step 6 holds fragment 1 taken but not yet issued
+    outer = (f"outer.name='{scheme}'", *(["outer.sync_every=4"] if scheme == "streaming_diloco" else []))
+    assert main(["--config", DILOCO, *RUN, *outer, f"run.out_dir='{tmp_path}'", "run.name='whole'"]) == 0
+    proc = start(tmp_path, "killed", *outer, "checkpoint.every=1")
     ckpts = tmp_path / "killed" / "checkpoints"
     if mid_save:  # kill while an asynchronous save is being written
         wait_for(lambda: ckpts.is_dir() and any(p.name.endswith("tmp") for p in ckpts.iterdir()
@@ -55,7 +57,7 @@ def test_sigkill_then_resume_is_exact(tmp_path, capsys, scheme, mid_save):
         wait_for(lambda: (ckpts / "6").is_dir(), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert main(["--config", DILOCO, *RUN, outer, f"run.out_dir='{tmp_path}'", "run.name='killed'",
+    assert main(["--config", DILOCO, *RUN, *outer, f"run.out_dir='{tmp_path}'", "run.name='killed'",
                  "checkpoint.every=1"]) == 0
     assert "resuming from step" in capsys.readouterr().out
     assert logged(tmp_path / "whole") == logged(tmp_path / "killed")  # no duplicate or missing step, same losses
