@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.network import ALGORITHMS, BACKWARD_SHARE, Link, Projection, compute_seconds, project, utilization_curve
+from analysis.network import ALGORITHMS, Link, Projection, compute_seconds, project, utilization_curve
 from analysis.runs import Run, config_differences, find_runs
 from jaximus import UserError
 from jaximus.accounting import PEAK_FLOPS
@@ -52,8 +52,9 @@ def compute_s(run: Run, cluster: Cluster) -> float:
 
 
 def overlap_s(run: Run, step_s: float) -> float:
-    """Data-parallel hides its all-reduce behind the backward pass; a local-update sync behind one inner step."""
-    return BACKWARD_SHARE * step_s if run.blocking_every_step else step_s
+    """The scheme's own overlap: sync DP's all-reduce behind the backward pass, a streaming fragment behind
+    tau inner steps, a sync program behind nothing."""
+    return run.overlap_steps * step_s
 
 
 def projection(run: Run, cluster: Cluster, upto: int | None = None, link: Link | None = None) -> Projection:

@@ -81,6 +81,13 @@ class Run:
         """True for schemes that communicate inside the inner step (sync data-parallel)."""
         return any(self.ledger["step"].values())
 
+    @property
+    def overlap_steps(self) -> float:
+        """Inner steps of compute the scheme's communication hides behind, as the run recorded it; runs from
+        before it was recorded: the gradient all-reduce behind the backward pass, a sync behind one step."""
+        recorded = self.config.get("resolved", {}).get("overlap_steps")
+        return recorded if recorded is not None else (2 / 3 if self.blocking_every_step else 1.0)
+
     def events(self) -> list[tuple[int, float]]:
         """(step, bytes) of every communication event so far, from the cumulative ledger.
 

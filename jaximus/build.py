@@ -122,7 +122,7 @@ def build(cfg, exp, purpose: str = "train") -> Run:
     fpt = getattr(exp["model"], "flops_per_token", lambda c: None)(cfg)
     perf = {"tokens_per_step": cfg.data.batch_size * cfg.data.seq_len, "flops_per_token": fpt}
     info = {"params": sum(x.size for x in jax.tree.leaves(island.params)), "flops_per_token": fpt,
-            "optimizer": resolved, "ledger": scheme.ledger()}
+            "optimizer": resolved, "ledger": scheme.ledger(), "overlap_steps": scheme.overlap_steps()}
     if purpose != "compile":  # measured on one device, outside the mesh
         perf["peak"], info["peak_source"] = peak_flops()
         info["peak_flops"] = perf["peak"]

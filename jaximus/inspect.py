@@ -60,9 +60,13 @@ def inspect_scheme(cfg, exp) -> dict:
                            "ledger": sum(ledger["sync"][g] for g in groups), "processes": processes_spanned(hlo, mesh)})
     per_device = sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
                      for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(run.shardings)))
+    sent = occurrences(scheme, lambda s: sum(ledger["step"].get(e, 0) for e in scheme.step_events(s))
+                       + sum(ledger["sync"][g] for g in scheme.due(s)))
+    per_step = sum(e["ledger"] * e["per_step"] for e in inner + events)
     return {"scheme": scheme.name, "params": run.info["params"], "state_bytes_per_device": per_device,
             "flops_per_token": run.info["flops_per_token"], "inner": inner, "syncs": events,
-            "bytes_per_step": sum(e["ledger"] * e["per_step"] for e in inner + events)}
+            "bytes_per_step": per_step, "peak_step_bytes": max(sent), "window_bytes": per_step * cfg.outer.sync_every,
+            "overlap_steps": scheme.overlap_steps()}
 
 
 def _mib(n: float) -> str:
@@ -102,6 +106,8 @@ def main(argv=None) -> int:
             tail = f"{_mib(r['bytes_per_step']):>15}" if i == 0 else ""
             print(f"{head} {event:26} {rate:8.3f} {_mib(e['ledger']):>13} {_mib(e['hlo']):>13} {e['collectives']:5} "
                   f"{e['processes']:5} {tail}")
+        print(f"{'':30} peak in one step {_mib(r['peak_step_bytes'])} | per H window {_mib(r['window_bytes'])} | "
+              f"hidden behind {r['overlap_steps']:.2g} steps of compute")
         unaccounted = sum(e["collectives"] for e in r["inner"] if not e["ledger"])
         if unaccounted:
             print(f"{'':30} inner step has {unaccounted} cross-island collectives the ledger does not know!")

@@ -11,6 +11,7 @@
         due(done, last) -> frozenset[str]         # groups that sync after inner step `done`
         sync(island, outer, groups, weight) -> (island, outer, metrics)   # (3) the sync program
         ledger() -> {"step": {name: bytes}, "sync": {group: bytes}}       # what one island sends
+        overlap_steps() -> float                  # inner steps of compute its communication hides behind
         global_params(state) -> params            # the model evaluation scores (leading R axis)
 
 A scheme may talk across islands in exactly those three places, always through jaximus.islands: in
@@ -167,6 +168,10 @@ class Scheme:
 
     def _with_peers(self, ledger: dict) -> dict:
         return ledger if self.num_islands > 1 else {k: {g: 0 for g in v} for k, v in ledger.items()}
+
+    def overlap_steps(self) -> float:
+        """For the network model: a sync program blocks the islands until its collective is done."""
+        return 0.0
 
     def global_params(self, state):
         return state.outer.params

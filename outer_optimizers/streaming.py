@@ -211,6 +211,9 @@ class StreamingDiLoCo(PeriodicScheme):
                                           **{f"flush{p}": n for p, n in enumerate(sizes)},
                                           **{f"land{p}": 0 for p in range(self.P)}}})
 
+    def overlap_steps(self):
+        return float(self.tau)  # a fragment's mean has tau steps of compute to arrive in
+
     def outer_lr(self):
         return self.cfg.lr
 

@@ -19,5 +19,8 @@ class SyncDP(Scheme):
         # gradients have the parameters' shapes and dtypes
         return self._with_peers({"step": {"grads": tree_bytes(self.island.params)}, "sync": {}})
 
+    def overlap_steps(self):
+        return 2 / 3  # the gradient all-reduce hides behind the backward pass: 2 of a step's 3 passes (2001.08361)
+
     def global_params(self, state):
         return state.islands.params

@@ -14,7 +14,7 @@ ONE_SECOND_GBPS = 8 * 100 * MiB / 1e9
 
 
 def write_run(path, scheme, final_bpb, every=1, steps=4, tokens_per_step=1000, finished=True, partial_line=False,
-              seq_len=256):
+              seq_len=256, overlap_steps=None):
     """A run directory as train.py writes it: per-step rows with the cumulative ledger, then evals."""
     path.mkdir(parents=True)
     per_step = scheme == "sync"
@@ -24,6 +24,8 @@ def write_run(path, scheme, final_bpb, every=1, steps=4, tokens_per_step=1000, f
               "resolved": {"flops_per_token": 6e6,
                            "ledger": {"step": {"grads": 100 * MiB}, "sync": {}} if per_step
                            else {"step": {}, "sync": {"params": 100 * MiB}}}}
+    if overlap_steps is not None:  # as the scheme records it; older runs have none
+        config["resolved"]["overlap_steps"] = overlap_steps
     (path / "config.json").write_text(json.dumps(config))
     lines, syncs = [{"step": 0, "tokens": 0, "val/loss": 1.0, "val/bpb": final_bpb + steps * 0.1}], 0
     for step in range(1, steps + 1):
@@ -71,6 +73,15 @@ def test_table_numbers_from_hand_made_runs(tmp_path, capsys):
     assert (diloco["projected time, blocking"], diloco["CU"], diloco["CU, overlapped"]) == ("6 s", "66.7%", "100.0%")
     assert sync["flags"] == diloco["flags"] == ""
     assert (tmp_path / "report" / "results.md").read_text() in out
+    # the scheme's own overlap, as recorded: a blocking sync program hides nothing, tau = 2 hides two steps
+    write_run(tmp_path / "own" / "sync", "sync", 2.0)
+    write_run(tmp_path / "own" / "blocking", "diloco", 2.1, every=2, overlap_steps=0.0)
+    write_run(tmp_path / "own" / "streaming", "streaming_diloco", 2.1, every=2, overlap_steps=2.0)
+    code, out, err = compare(capsys, tmp_path / "own", "--out", tmp_path / "own_report", "--step-time", "1",
+                             "--gbps", ONE_SECOND_GBPS, "--latency-ms", "0")
+    rows = table_rows(out)
+    assert rows["blocking"]["CU, overlapped"] == rows["blocking"]["CU"] == "66.7%"
+    assert rows["streaming"]["CU, overlapped"] == "100.0%"
     for name in ("bpb_vs_tokens", "bpb_vs_bytes", "bpb_vs_wallclock", "utilization_vs_bandwidth"):
         assert (tmp_path / "report" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
