@@ -94,9 +94,9 @@ def _duration(seconds: float) -> str:
 def table(runs: list[Run], cluster: Cluster) -> tuple[str, list[str]]:
     """The markdown table and the warnings to print beside it."""
     reference, warnings = reference_of(runs)
-    lines = ["| run | scheme | H | steps | tokens | val bpb | vs sync | MiB sent per island | reduction | syncs "
-             "| projected time, blocking | CU | CU, overlapped | flags |",
-             "|" + "---|" * 14]
+    lines = ["| run | scheme | H | steps | tokens | val bpb | vs sync | MiB sent per island | peak MiB in a step "
+             "| reduction | syncs | projected time, blocking | CU | CU, overlapped | flags |",
+             "|" + "---|" * 15]
     for run in runs:
         p = projection(run, cluster)
         bpb = run.evals[-1]["val/bpb"] if run.evals else None
@@ -107,7 +107,8 @@ def table(runs: list[Run], cluster: Cluster) -> tuple[str, list[str]]:
         warnings += [f"{run.name}: {f}" for f in run_flags]
         lines.append(
             f"| {run.name} | {run.scheme} | {run.sync_every or '—'} | {run.steps} | {run.tokens:,} "
-            f"| {'—' if bpb is None else f'{bpb:.4f}'} | {delta} | {run.bytes / MiB:,.0f} | {reduction} | {run.syncs} "
+            f"| {'—' if bpb is None else f'{bpb:.4f}'} | {delta} | {run.bytes / MiB:,.0f} "
+            f"| {run.peak_step_bytes / MiB:,.3g} | {reduction} | {run.syncs} "
             f"| {_duration(p.wall_s)} | {p.utilization:.1%} | {p.utilization_overlap:.1%} | {'; '.join(run_flags)} |")
     return "\n".join(lines) + "\n", warnings
 

@@ -73,6 +73,15 @@ class Run:
         return _largest(self.train_rows, "comm/cross_island_bytes")
 
     @property
+    def peak_step_bytes(self) -> float:
+        """The most bytes sent in one inner step (with log.every > 1, in one logged interval, per step)."""
+        peak, last = 0.0, {"step": 0, "comm/cross_island_bytes": 0}
+        for row in self.train_rows:
+            sent = row["comm/cross_island_bytes"] - last["comm/cross_island_bytes"]
+            peak, last = max(peak, sent / max(1, row["step"] - last["step"])), row
+        return peak
+
+    @property
     def syncs(self) -> int:
         return _largest(self.train_rows, "comm/syncs")
 

@@ -67,6 +67,7 @@ def test_table_numbers_from_hand_made_runs(tmp_path, capsys):
     assert (sync["val bpb"], sync["vs sync"], sync["MiB sent per island"], sync["syncs"]) == ("2.0000", "—", "400", "4")
     assert (diloco["val bpb"], diloco["vs sync"], diloco["MiB sent per island"]) == ("2.1000", "+0.1000", "200")
     assert (diloco["reduction"], diloco["syncs"], diloco["H"], diloco["tokens"]) == ("2x", "2", "2", "4,000")
+    assert sync["peak MiB in a step"] == diloco["peak MiB in a step"] == "100"
     # sync: 4 s compute + 4 all-reduces of 1 s; overlapped, each hides behind the 2/3 s backward pass
     assert (sync["projected time, blocking"], sync["CU"], sync["CU, overlapped"]) == ("8 s", "50.0%", "75.0%")
     # diloco: 4 s + 2 blocking syncs of 1 s; overlapped, each hides behind one whole inner step
