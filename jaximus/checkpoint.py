@@ -15,7 +15,8 @@ from jaximus import UserError
 from jaximus.schema import flatten
 
 # Keys whose change alters the state's shapes or the data order: a resumed run must keep them.
-FROZEN_PREFIXES = ("seed", "model.", "data.", "parallel.", "outer.name", "outer.optimizer")
+FROZEN_PREFIXES = ("seed", "model.", "data.", "parallel.", "outer.name", "outer.optimizer", "outer.fragment",
+                   "outer.overlap_steps", "outer.eager")
 FREE_KEYS = ("data.prefetch", "data.cache_dir")
 
 
