@@ -74,9 +74,11 @@ class Run:
 
     @property
     def peak_step_bytes(self) -> float:
-        """The most bytes sent in one inner step (with log.every > 1, in one logged interval, per step)."""
+        """The most bytes sent in one inner step (with log.every > 1, in one logged interval, per step), leaving
+        out a finished run's last step: its final sync of everything pending is not the steady state."""
+        rows = self.train_rows[:-1] if self.finished and len(self.train_rows) > 1 else self.train_rows
         peak, last = 0.0, {"step": 0, "comm/cross_island_bytes": 0}
-        for row in self.train_rows:
+        for row in rows:
             sent = row["comm/cross_island_bytes"] - last["comm/cross_island_bytes"]
             peak, last = max(peak, sent / max(1, row["step"] - last["step"])), row
         return peak
