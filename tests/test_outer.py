@@ -141,7 +141,7 @@ def test_islands_start_identical(nanochat, tiny_cfg):
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    (["outer.name='fedfoo'"], "sync, diloco, local_sgd, local_adam, desloc"),
+    (["outer.name='fedfoo'"], "sync, diloco, streaming_diloco, local_sgd, local_adam, desloc"),
     (["outer.name='diloco'", "outer.sync_every=0"], "outer.sync_every=0"),
     (["outer.name='local_sgd'", "outer.sync_every=-3"], "outer.sync_every=-3"),
     (["outer.name='diloco'", "outer.lr=-0.1"], "outer.lr=-0.1"),
