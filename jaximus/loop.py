@@ -3,6 +3,7 @@
 Losses are read one step late so the host never stalls the device. Every scheme goes through the same
 calls: the loop never asks which scheme it runs.
 """
+import functools
 import json
 import math
 import os
@@ -145,6 +146,7 @@ class Interrupted(Exception):
         self.exit_code = 128 + signum
 
 
+@functools.cache
 def _serialize() -> bool:
     # XLA:CPU's fake devices share one thread pool: with two programs in flight, islands that run ahead
     # block pool threads in a rendezvous the lagging islands need, and the run deadlocks; one at a time

@@ -23,11 +23,24 @@ def make_loss_fn(forward):
     return loss_fn
 
 
+def _compiled_per_key(build, call):
+    """call(program, *args) with program = build(key), built on first use of each key (step events, sync groups);
+    the wrapper exposes .build and .compiled for inspection."""
+    compiled = {}
+
+    def run(key, *args):
+        if key not in compiled:
+            compiled[key] = build(key)
+        return call(compiled[key], *args)
+
+    run.build, run.compiled = build, compiled
+    return run
+
+
 def make_train_step(forward, tx, scheme, mesh, shardings):
     """step(state, batch_RBT1, events) -> (state, loss_R), compiled once per set of the scheme's step events;
     the state's buffers are donated."""
     loss_fn = make_loss_fn(forward)
-    compiled = {}
 
     def build(events: frozenset):
         def island_step(state: TrainState, batch_BT1):
@@ -41,12 +54,12 @@ def make_train_step(forward, tx, scheme, mesh, shardings):
 
         return jax.jit(per_island(island_step, mesh), donate_argnums=0, out_shardings=(shardings, None))
 
-    def step(state, batch, events: frozenset = frozenset()):
-        if events not in compiled:
-            compiled[events] = build(events)
-        return compiled[events](state, batch)
+    per_events = _compiled_per_key(build, lambda program, state, batch: program(state, batch))
 
-    step.build, step.compiled = build, compiled
+    def step(state, batch, events: frozenset = frozenset()):
+        return per_events(events, state, batch)
+
+    step.build, step.compiled = build, per_events.compiled
     return step
 
 
@@ -55,8 +68,6 @@ def make_sync_step(scheme, mesh, shardings):
 
     weights_R: 1/n for each of the n islands taking part, 0 for an island that dropped out.
     """
-    compiled = {}
-
     def build(groups: frozenset):
         def island_sync(state: TrainState, weight):
             island, outer, metrics = scheme.sync(state.islands, state.outer, groups, weight)
@@ -64,13 +75,14 @@ def make_sync_step(scheme, mesh, shardings):
 
         return jax.jit(per_island(island_sync, mesh), donate_argnums=0, out_shardings=(shardings, None))
 
-    def sync(state, groups: frozenset, weights):
-        if groups not in compiled:
-            compiled[groups] = build(groups)
-        return compiled[groups](state, jax.device_put(np.asarray(weights, np.float32),
-                                                      NamedSharding(mesh, P("replica"))))
+    weights_sharding = NamedSharding(mesh, P("replica"))
+    per_groups = _compiled_per_key(build, lambda program, state, weights: program(
+        state, jax.device_put(np.asarray(weights, np.float32), weights_sharding)))
 
-    sync.build, sync.compiled = build, compiled
+    def sync(state, groups: frozenset, weights):
+        return per_groups(groups, state, weights)
+
+    sync.build, sync.compiled = build, per_groups.compiled
     return sync
 
 

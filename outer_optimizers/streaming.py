@@ -204,8 +204,8 @@ class StreamingDiLoCo(PeriodicScheme):
 
     def ledger(self):
         leaves = jax.tree.leaves(self.island.params)
-        sizes = [int(sum(tree_bytes(leaves[i]) * (1 if layers is None else len(layers) / leaves[i].shape[0])
-                         for i, layers in self._parts(p))) for p in range(self.P)]
+        sizes = [sum(tree_bytes(leaves[i]) if layers is None else tree_bytes(leaves[i]) // leaves[i].shape[0] * len(layers)
+                     for i, layers in self._parts(p)) for p in range(self.P)]
         return self._with_peers({"step": {f"issue:{p}": n for p, n in enumerate(sizes)},
                                  "sync": {**{f"fragment{p}": n for p, n in enumerate(sizes)},
                                           **{f"flush{p}": n for p, n in enumerate(sizes)},
