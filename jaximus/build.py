@@ -158,7 +158,7 @@ def _for_training(cfg, run_dir, resuming, forward, allocate, abstract, parts) ->
     restored = checkpointer.restore(abstract, resume_at) if resuming else None
     if restored:
         state, meta = restored
-        if "progress" not in meta:
+        if "island_wire" not in meta.get("progress", {}):
             raise UserError(f"{run_dir / 'checkpoints'}: written by an older jaximus (no progress record); "
                             "use run.resume=fresh or another run.name")
         progress = Progress.from_meta(meta["progress"])

@@ -1,8 +1,11 @@
 """Read collectives out of compiled HLO and tell cross-island ones from within-island ones (JAX_NOTES §4).
 
 A collective crosses islands when one of its device groups holds devices of more than one replica
-index. Bytes are what each device puts into the collective (the per-device operand shapes of the
-SPMD-partitioned program); summed over an island's devices they are what the island sends.
+index. Its payload is what each device puts into it (the per-device operand of the SPMD-partitioned
+program: an all-gather's result over the group size, a reduce-scatter's times it); summed over an
+island's devices it is what the island sends. Wire bytes are what a device transmits for the op over a
+group of G: a ring all-reduce 2 (G - 1) / G x payload, an all-gather (G - 1) x, a reduce-scatter and an
+all-to-all (G - 1) / G x (the piece it keeps stays home), a collective-permute 1 x.
 """
 import re
 from dataclasses import dataclass
@@ -11,23 +14,43 @@ import numpy as np
 
 COLLECTIVE = re.compile(r"=\s*(?P<shape>\(.*?\)|\S+)\s+(?P<op>all-reduce|all-gather|reduce-scatter|all-to-all|"
                         r"collective-permute|collective-broadcast)(?:-start)?\(")
-ARRAY = re.compile(r"(pred|[subf]\d+|bf16)\[([\d,]*)\]")
-ITEMSIZE = {"pred": 1, "bf16": 2}
+ARRAY = re.compile(r"(pred|bf16|f8e\w+|f4e\w+|[subf]\d+)\[([\d,]*)\]")
+BITS = {"pred": 8, "bf16": 16}
+WIRE = {"all-reduce": lambda g: 2 * (g - 1) / g, "all-gather": lambda g: g - 1, "reduce-scatter": lambda g: (g - 1) / g,
+        "all-to-all": lambda g: (g - 1) / g, "collective-permute": lambda g: 1, "collective-broadcast": lambda g: g - 1}
 
 
 @dataclass(frozen=True)
 class Collective:
     op: str
-    bytes_per_device: int
+    result_bytes: float  # the per-device result shape's bytes
     groups: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...] = ()
+
+    @property
+    def group_size(self) -> int:
+        return len(self.groups[0])
+
+    @property
+    def bytes_per_device(self) -> float:
+        """The operand one device puts in."""
+        if self.op == "all-gather":
+            return self.result_bytes / self.group_size
+        return self.result_bytes * (self.group_size if self.op == "reduce-scatter" else 1)
+
+    @property
+    def wire_per_device(self) -> float:
+        return WIRE[self.op](self.group_size) * self.bytes_per_device
 
 
-def _itemsize(dtype: str) -> int:
-    return ITEMSIZE.get(dtype) or int(dtype[1:]) // 8
+def _bits(dtype: str) -> int:
+    if dtype.startswith(("f8e", "f4e")):
+        return int(dtype[1])
+    return BITS.get(dtype) or int(dtype[1:])
 
 
-def _shape_bytes(shape: str) -> int:
-    return sum(_itemsize(d) * int(np.prod([int(x) for x in dims.split(",") if x] or [1]))
+def _shape_bytes(shape: str) -> float:
+    return sum(_bits(d) * int(np.prod([int(x) for x in dims.split(",") if x] or [1])) / 8
                for d, dims in ARRAY.findall(shape))
 
 
@@ -60,7 +83,9 @@ def collectives(hlo_text: str, mesh) -> list[Collective]:
     for line in hlo_text.splitlines():
         m = COLLECTIVE.search(line)
         if m:
-            found.append(Collective(m.group("op"), _shape_bytes(m.group("shape")), _groups(line, device_ids)))
+            shape = m.group("shape")
+            found.append(Collective(m.group("op"), _shape_bytes(shape), _groups(line, device_ids),
+                                    tuple(sorted({d for d, _ in ARRAY.findall(shape)}))))
     return found
 
 
@@ -76,8 +101,12 @@ def processes_spanned(hlo_text: str, mesh) -> int:
                 if crosses_islands(c, mesh) for group in c.groups), default=0)
 
 
-def cross_island_bytes(hlo_text: str, mesh) -> tuple[int, int]:
-    """(number of cross-island collectives, bytes one island sends through them)."""
-    cross = [c for c in collectives(hlo_text, mesh) if crosses_islands(c, mesh)]
-    island_devices = mesh.shape["fsdp"]
-    return len(cross), sum(c.bytes_per_device for c in cross) * island_devices
+def cross_island(hlo_text: str, mesh) -> list[Collective]:
+    return [c for c in collectives(hlo_text, mesh) if crosses_islands(c, mesh)]
+
+
+def cross_island_bytes(hlo_text: str, mesh) -> tuple[int, float, float]:
+    """(number of cross-island collectives, payload one island sends through them, its wire bytes)."""
+    cross, island_devices = cross_island(hlo_text, mesh), mesh.shape["fsdp"]
+    return (len(cross), sum(c.bytes_per_device for c in cross) * island_devices,
+            sum(c.wire_per_device for c in cross) * island_devices)

@@ -1,5 +1,6 @@
 """Compile a config's inner and sync steps without training and report, per outer scheme: parameters,
-state bytes per device, FLOPs per token, and cross-island bytes from the ledger next to the HLO's.
+state bytes per device, FLOPs per token, and cross-island bytes (payload and wire) from the ledger next to
+the HLO's, with the element types the cross-island collectives carry.
 
     python -m jaximus.inspect --config experiments/diloco_nanochat/config.py [--schemes a,b] [key=value ...]
 """
@@ -15,7 +16,7 @@ import numpy as np
 from jaximus import UserError
 from jaximus.build import SCHEMES, build, load_config, start
 from jaximus.distributed import is_primary
-from jaximus.hlo import cross_island_bytes, processes_spanned
+from jaximus.hlo import cross_island, cross_island_bytes, processes_spanned
 from jaximus.mesh import batch_sharding
 
 
@@ -44,20 +45,20 @@ def inspect_scheme(cfg, exp) -> dict:
     batch = jax.ShapeDtypeStruct((R, B // R, T + 1), np.int32, sharding=batch_sharding(mesh))
     weights = jax.ShapeDtypeStruct((R,), np.float32, sharding=jax.NamedSharding(mesh, jax.P("replica")))
     ledger = scheme.ledger()
+
+    def measure(hlo, kind, names):
+        count, payload, wire = cross_island_bytes(hlo, mesh)
+        return {"per_step": 0.0, "hlo": payload, "hlo_wire": wire, "collectives": count,
+                "ledger": sum(ledger[kind].get(n, 0) for n in names),
+                "ledger_wire": sum(ledger["wire"][kind].get(n, 0.0) for n in names),
+                "dtypes": sorted({d for c in cross_island(hlo, mesh) for d in c.dtypes}),
+                "processes": processes_spanned(hlo, mesh)}
+
     with jax.set_mesh(mesh):
-        inner = []
-        for step_events, rate in occurrences(scheme, scheme.step_events).items():
-            hlo = run.step.build(step_events).lower(state, batch).compile().as_text()
-            count, measured = cross_island_bytes(hlo, mesh)
-            inner.append({"events": sorted(step_events), "per_step": rate, "hlo": measured, "collectives": count,
-                          "ledger": sum(ledger["step"].get(e, 0) for e in step_events),
-                          "processes": processes_spanned(hlo, mesh)})
-        events = []
-        for groups, rate in sync_events(scheme).items():
-            hlo = run.sync.build(groups).lower(state, weights).compile().as_text()
-            count, measured = cross_island_bytes(hlo, mesh)
-            events.append({"groups": sorted(groups), "per_step": rate, "hlo": measured, "collectives": count,
-                           "ledger": sum(ledger["sync"][g] for g in groups), "processes": processes_spanned(hlo, mesh)})
+        inner = [{**measure(run.step.build(ev).lower(state, batch).compile().as_text(), "step", ev),
+                  "events": sorted(ev), "per_step": rate} for ev, rate in occurrences(scheme, scheme.step_events).items()]
+        events = [{**measure(run.sync.build(g).lower(state, weights).compile().as_text(), "sync", g),
+                   "groups": sorted(g), "per_step": rate} for g, rate in sync_events(scheme).items()]
     per_device = sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
                      for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(run.shardings)))
     sent = occurrences(scheme, lambda s: sum(ledger["step"].get(e, 0) for e in scheme.step_events(s))
@@ -65,7 +66,8 @@ def inspect_scheme(cfg, exp) -> dict:
     per_step = sum(e["ledger"] * e["per_step"] for e in inner + events)
     return {"scheme": scheme.name, "params": run.info["params"], "state_bytes_per_device": per_device,
             "flops_per_token": run.info["flops_per_token"], "inner": inner, "syncs": events,
-            "bytes_per_step": per_step, "peak_step_bytes": max(sent), "window_bytes": per_step * cfg.outer.sync_every,
+            "wire_per_step": sum(e["ledger_wire"] * e["per_step"] for e in inner + events), "bytes_per_step": per_step,
+            "peak_step_bytes": max(sent), "window_bytes": per_step * cfg.outer.sync_every,
             "overlap_steps": scheme.overlap_steps()}
 
 
@@ -92,10 +94,10 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(reports, indent=2))
     first = reports[0]
     print(f"{first['params']:,} params | {first['flops_per_token']:,} FLOPs/token | mesh {base.parallel.replica} islands "
-          f"x {base.parallel.fsdp} devices ({base.parallel.strategy}) | bytes are what one island sends, before the "
-          "all-reduce factor (a ring moves ~2(R-1)/R of it)")
-    print(f"{'scheme':16} {'state/device':>13} {'event':26} {'per step':>8} {'ledger':>13} {'HLO':>13} {'colls':>5} "
-          f"{'procs':>5} {'amortized/step':>15}")
+          f"x {base.parallel.fsdp} devices ({base.parallel.strategy}) | bytes one island sends: payload into the "
+          f"collectives, and on the wire for the pattern compiled | compression {base.outer.compress.format}")
+    print(f"{'scheme':16} {'state/device':>13} {'event':26} {'per step':>8} {'ledger':>13} {'HLO':>13} "
+          f"{'wire ledger':>13} {'wire HLO':>13} {'colls':>5} {'procs':>5} {'types':>9} {'amortized/step':>15}")
     for r in reports:
         inner = [("inner step " + "+".join(e["events"]), e["per_step"], e) for e in r["inner"]
                  if e["ledger"] or e["collectives"]]
@@ -104,9 +106,11 @@ def main(argv=None) -> int:
         for i, (event, rate, e) in enumerate(rows):
             head = (f"{r['scheme']:16} {_mib(r['state_bytes_per_device']):>13}" if i == 0 else " " * 30)
             tail = f"{_mib(r['bytes_per_step']):>15}" if i == 0 else ""
-            print(f"{head} {event:26} {rate:8.3f} {_mib(e['ledger']):>13} {_mib(e['hlo']):>13} {e['collectives']:5} "
-                  f"{e['processes']:5} {tail}")
+            print(f"{head} {event:26} {rate:8.3f} {_mib(e['ledger']):>13} {_mib(e['hlo']):>13} "
+                  f"{_mib(e['ledger_wire']):>13} {_mib(e['hlo_wire']):>13} {e['collectives']:5} {e['processes']:5} "
+                  f"{','.join(e['dtypes']) or '-':>9} {tail}")
         print(f"{'':30} peak in one step {_mib(r['peak_step_bytes'])} | per H window {_mib(r['window_bytes'])} | "
+              f"wire per step {_mib(r['wire_per_step'])} | "
               f"hidden behind {r['overlap_steps']:.2g} steps of compute")
         unaccounted = sum(e["collectives"] for e in r["inner"] if not e["ledger"])
         if unaccounted:

@@ -101,7 +101,8 @@ def train(run) -> dict:
     logger.close()  # the progress bar ends before the last line is printed
     _say(f"jaximus: done | val bpb {summary['val/bpb_initial']:.4f} -> {summary['val/bpb']:.4f} | "
          f"{summary['perf/tokens_per_sec']:,.0f} tokens/s | {summary['comm/cross_island_bytes'] / 2**20:,.1f} MiB "
-         f"cross-island in {summary['comm/syncs']} syncs | run dir {run_dir}")
+         f"cross-island ({summary['comm/wire_bytes'] / 2**20:,.1f} MiB on the wire) in {summary['comm/syncs']} syncs | "
+         f"run dir {run_dir}")
     return summary
 
 
@@ -184,7 +185,7 @@ def _summary(cfg, progress, clock, run) -> dict:
             "compile_s": max(0.0, first_s - step_s), "val/loss": last["val/loss"], "val/bpb": last["val/bpb"],
             "val/bpb_initial": first["val/bpb"], "perf/tokens_per_sec": tokens_per_sec, "perf/step_s": step_s,
             "perf/mfu": mfu(fpt, tokens_per_sec, perf["peak"]) if fpt else None, **run.ledger.metrics(),
-            "comm/island_bytes": list(progress.island_bytes)}
+            "comm/island_bytes": list(progress.island_bytes), "comm/island_wire_bytes": list(progress.island_wire)}
 
 
 def _report(loss, metrics, ready_at, run, clock):

@@ -64,15 +64,16 @@ class Progress:
     """Host-side progress, saved in every checkpoint's metadata next to the TrainState."""
     step: int = 0
     positions: list | None = None  # every island's loader position (epoch, document, offset)
-    island_bytes: list[int] = field(default_factory=list)  # cumulative cross-island bytes each island sent
+    island_bytes: list[int] = field(default_factory=list)  # cumulative cross-island payload each island sent
+    island_wire: list[float] = field(default_factory=list)  # and the bytes it put on the link for it
     syncs: int = 0  # communication events so far
     evals: dict[int, dict] = field(default_factory=dict)  # step -> {"val/loss", "val/bpb"}
 
     def to_meta(self) -> dict:
         return {"step": self.step, "positions": self.positions, "island_bytes": self.island_bytes,
-                "syncs": self.syncs, "evals": {str(k): v for k, v in self.evals.items()}}
+                "island_wire": self.island_wire, "syncs": self.syncs, "evals": {str(k): v for k, v in self.evals.items()}}
 
     @classmethod
     def from_meta(cls, meta: dict) -> "Progress":
-        return cls(meta["step"], meta["positions"], list(meta["island_bytes"]), meta["syncs"],
-                   {int(k): v for k, v in meta["evals"].items()})
+        return cls(meta["step"], meta["positions"], list(meta["island_bytes"]), list(meta["island_wire"]),
+                   meta["syncs"], {int(k): v for k, v in meta["evals"].items()})

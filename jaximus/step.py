@@ -70,7 +70,7 @@ def make_sync_step(scheme, mesh, shardings):
     """
     def build(groups: frozenset):
         def island_sync(state: TrainState, weight):
-            island, outer, metrics = scheme.sync(state.islands, state.outer, groups, weight)
+            island, outer, metrics = scheme.sync(state.islands, state.outer, state.step, groups, weight)
             return state.replace(islands=island, outer=outer), metrics
 
         return jax.jit(per_island(island_sync, mesh), donate_argnums=0, out_shardings=(shardings, None))

@@ -4,6 +4,7 @@ Every scheme answers (ALGORITHMS.md §1): what is exchanged, when, how it is agg
 base.py states the protocol. jaximus reaches the schemes only through `make_scheme`.
 """
 from jaximus import UserError
+from jaximus.compress import Compressor
 from outer_optimizers.base import OUTER_SCHEMA, Scheme, add_outer_config
 from outer_optimizers.desloc import DesLoc
 from outer_optimizers.diloco import DiLoCo
@@ -13,6 +14,7 @@ from outer_optimizers.streaming import EagerDiLoCo, StreamingDiLoCo
 from outer_optimizers.sync import SyncDP
 
 SCHEMES = {s.name: s for s in (SyncDP, DiLoCo, StreamingDiLoCo, LocalSGD, LocalAdam, DesLoc)}
+COMPRESSIBLE = ("diloco", "streaming_diloco", "desloc")  # schemes that feed a mean pseudo-gradient to an outer step
 
 
 def make_scheme(cfg, inner_tx, island, num_islands: int) -> Scheme:
@@ -29,8 +31,14 @@ def make_scheme(cfg, inner_tx, island, num_islands: int) -> Scheme:
     if cfg.outer.eager and name not in ("diloco", "streaming_diloco"):
         raise UserError(f"outer.eager=true with outer.name={name}: eager updates swap a share of the pseudo-gradient "
                         "fed to an outer step; use diloco or streaming_diloco")
+    fmt = cfg.outer.compress.format or "none"
+    if fmt != "none" and (name not in COMPRESSIBLE or (name == "desloc" and not cfg.outer.desloc_outer_opt)):
+        raise UserError(f"outer.compress.format={fmt} with outer.name={name}: compression applies to pseudo-gradients "
+                        f"fed to an outer optimizer; use {', '.join(COMPRESSIBLE)} (desloc with "
+                        "outer.desloc_outer_opt=True), or outer.compress.format=None")
+    compressor = Compressor(cfg.outer.compress, cfg.parallel.fsdp, cfg.parallel.strategy, cfg.seed)
     scheme = EagerDiLoCo if name == "diloco" and cfg.outer.eager else SCHEMES[name]
-    return scheme(cfg.outer, inner_tx, island, num_islands)
+    return scheme(cfg.outer, inner_tx, island, num_islands, compressor)
 
 
 __all__ = ["OUTER_SCHEMA", "SCHEMES", "Scheme", "add_outer_config", "make_scheme"]

@@ -3,14 +3,14 @@
     class Scheme:
         name: str
         groups: tuple[str, ...]                   # what a sync can exchange; fixed at construction
-        __init__(outer_cfg, inner_tx, island, num_islands)   # island: one island's IslandState (shapes)
+        __init__(outer_cfg, inner_tx, island, num_islands, compressor)   # island: one island's IslandState (shapes)
         init(params) -> OuterState                # one island's copy of the outer state
         grad_hook(grads) -> grads                 # (1) inside the inner step, on the gradients
         step_events(done) -> frozenset[str]       # what inner step number `done` (1-based) does for the scheme
         in_step(island, outer, step, events) -> (island, outer)   # (2) inside the inner step, after the update
         due(done, last) -> frozenset[str]         # groups that sync after inner step `done`
-        sync(island, outer, groups, weight) -> (island, outer, metrics)   # (3) the sync program
-        ledger() -> {"step": {name: bytes}, "sync": {group: bytes}}       # what one island sends
+        sync(island, outer, step, groups, weight) -> (island, outer, metrics)   # (3) the sync program
+        ledger() -> {"step": {name: bytes}, "sync": {group: bytes}, "wire": {"step": ..., "sync": ...}}
         overlap_steps() -> float                  # inner steps of compute its communication hides behind
         global_params(state) -> params            # the model evaluation scores (leading R axis)
 
@@ -19,7 +19,10 @@ the gradient (sync DP's mean), inside the compiled inner step on its own state (
 at step t and consumed at t + tau lets XLA overlap it with that step's compute), and in a sync
 program that the loop runs when `due` says so. Inner steps come in variants named by their event set
 (say {"issue:fragment1"}): each distinct set compiles its own program, so a step carries exactly the
-collectives of its events, and `ledger()["step"]` gives the bytes of each event that sends. Every function runs per
+collectives of its events, and `ledger()["step"]` gives the bytes of each event that sends: the payload an
+island hands to the collectives, and under "wire" what it puts on the link for the pattern compiled (a
+ring all-reduce sends 2 (R - 1) / R x its payload, an all-gather (R - 1) x). A scheme that exchanges
+pseudo-gradients means them through its `compressor` (jaximus.compress), never island_mean. Every function runs per
 island (no leading R axis) inside a shard_map manual over `replica`. Whatever a scheme keeps lives in
 its OuterState (global params, outer optimizer state, buffers), so it is sharded, donated and
 checkpointed with the weights. `due(done, last=True)` is asked after the last step: a run ends with a
@@ -30,6 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from jaximus import UserError
+from jaximus.compress import COMPRESS_SCHEMA, Compressor, add_compress_config
 from jaximus.islands import island_mean, tree_bytes
 from jaximus.schema import Spec, flag, integer, number, text
 from jaximus.state import IslandState, OuterState
@@ -57,6 +61,7 @@ def add_outer_config(c) -> None:
     c.outer.mix_alpha = 0.0  # theta_island <- alpha theta_island + (1 - alpha) theta_outer (torchft, MaxText: 0)
     c.outer.eager = False  # diloco / streaming_diloco: eager updates over a whole-round overlap (2502.12996)
     c.faults.island_dropout = 0.0  # probability that an island misses a sync (torchft-style quorum), seeded
+    add_compress_config(c)
 
 
 OUTER_SCHEMA = {
@@ -77,6 +82,7 @@ OUTER_SCHEMA = {
     "outer.mix_alpha": number(0, 1),
     "outer.eager": flag(),
     "faults.island_dropout": number(0, 1, hi_open=True),
+    **COMPRESS_SCHEMA,
 }
 
 
@@ -139,8 +145,9 @@ class Scheme:
     name = "base"
     groups: tuple[str, ...] = ()  # what a sync can exchange: params, mu (first moments), nu (second moments)
 
-    def __init__(self, outer_cfg, inner_tx, island: IslandState, num_islands: int):
+    def __init__(self, outer_cfg, inner_tx, island: IslandState, num_islands: int, compressor: Compressor):
         self.cfg, self.inner_tx, self.island, self.num_islands = outer_cfg, inner_tx, island, num_islands
+        self.compressor = compressor
 
     def init(self, params) -> OuterState:
         return OuterState(params, (), {})
@@ -157,17 +164,20 @@ class Scheme:
     def due(self, done: int, last: bool = False) -> frozenset[str]:
         return frozenset()
 
-    def sync(self, island: IslandState, outer: OuterState, groups: frozenset[str], weight):
+    def sync(self, island: IslandState, outer: OuterState, step, groups: frozenset[str], weight):
         raise NotImplementedError
 
-    def ledger(self) -> dict[str, dict[str, int]]:
-        """Bytes one island sends, before the all-reduce factor: by inner-step event, and per sync by group.
-        One island sends nothing: with no peer, no cross-island collective is compiled."""
-        sizes = {"params": tree_bytes(self.island.params), **moment_bytes(self.island.opt_state)}
-        return self._with_peers({"step": {}, "sync": {g: sizes[g] for g in self.groups}})
+    def ledger(self) -> dict:
+        """Bytes one island sends: by inner-step event, and per sync by group, as payload and wire bytes.
+        Parameters go through the compressor; moment buffers are float32 all-reduces."""
+        costs = {"params": self.compressor.cost(self.island.params, self.num_islands),
+                 **{role: self.all_reduce(n) for role, n in moment_bytes(self.island.opt_state).items()}}
+        return make_ledger({}, {g: costs[g] for g in self.groups})
 
-    def _with_peers(self, ledger: dict) -> dict:
-        return ledger if self.num_islands > 1 else {k: {g: 0 for g in v} for k, v in ledger.items()}
+    def all_reduce(self, payload: int) -> tuple[int, float]:
+        """(payload, wire) of a ring all-reduce; one island sends nothing (no cross-island collective compiles)."""
+        R = self.num_islands
+        return (payload, 2 * (R - 1) / R * payload) if R > 1 else (0, 0.0)
 
     def overlap_steps(self) -> float:
         """For the network model: a sync program blocks the islands until its collective is done."""
@@ -183,8 +193,8 @@ class Scheme:
 class PeriodicScheme(Scheme):
     """Syncs all of its groups every outer.sync_every (H) inner steps, and after the last step."""
 
-    def __init__(self, outer_cfg, inner_tx, island, num_islands):
-        super().__init__(outer_cfg, inner_tx, island, num_islands)
+    def __init__(self, outer_cfg, inner_tx, island, num_islands, compressor):
+        super().__init__(outer_cfg, inner_tx, island, num_islands, compressor)
         self.every = check_period("sync_every", outer_cfg.sync_every)
 
     def due(self, done, last=False):
@@ -199,6 +209,12 @@ def moment_groups(name: str, opt_state) -> tuple[str, ...]:
         raise UserError(f"outer.name={name}: syncs optimizer moment buffers but the inner optimizer keeps "
                         "none (plain SGD?); use an Adam- or momentum-based inner optimizer, or outer.name=diloco")
     return tuple(present)
+
+
+def make_ledger(step: dict, sync: dict) -> dict:
+    """The ledger() layout from {event or group: (payload, wire)}."""
+    return {"step": {k: p for k, (p, _) in step.items()}, "sync": {k: p for k, (p, _) in sync.items()},
+            "wire": {"step": {k: w for k, (_, w) in step.items()}, "sync": {k: w for k, (_, w) in sync.items()}}}
 
 
 def average_groups(island: IslandState, outer: OuterState, groups: frozenset[str], weight):

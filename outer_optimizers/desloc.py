@@ -1,19 +1,20 @@
 """DES-LOC (arXiv 2505.22549): parameters, first and second moments each synced on their own period.
 
 Parameters every K_x (= outer.sync_every), first moments every K_u, second moments every K_v; with
-K_x = K_u = K_v it is Local Adam. The parameter sync may apply the outer optimizer, as DiLoCo does.
+K_x = K_u = K_v it is Local Adam. The parameter sync may apply the outer optimizer, as DiLoCo does, and
+then its pseudo-gradient may be compressed (outer.compress.*); moments cross in float32.
 A run's last step syncs the parameters if they are not due anyway; moments keep their own periods.
 """
 from jaximus.state import IslandState, OuterState
 from outer_optimizers.base import Scheme, average_groups, check_period, moment_groups
-from outer_optimizers.diloco import make_outer_optimizer, outer_step
+from outer_optimizers.diloco import make_outer_optimizer, outer_step, with_error
 
 
 class DesLoc(Scheme):
     name = "desloc"
 
-    def __init__(self, outer_cfg, inner_tx, island, num_islands):
-        super().__init__(outer_cfg, inner_tx, island, num_islands)
+    def __init__(self, outer_cfg, inner_tx, island, num_islands, compressor):
+        super().__init__(outer_cfg, inner_tx, island, num_islands, compressor)
         self.periods = {"params": check_period("sync_every", outer_cfg.sync_every),
                         "mu": check_period("first_moment_every", outer_cfg.first_moment_every),
                         "nu": check_period("second_moment_every", outer_cfg.second_moment_every)}
@@ -25,13 +26,15 @@ class DesLoc(Scheme):
         return regular | {"params"} if last else regular
 
     def init(self, params):
-        return OuterState(params, self.outer_tx.init(params) if self.outer_tx else (), {})
+        if self.outer_tx is None:
+            return OuterState(params, (), {})
+        return with_error(self.compressor, params, OuterState(params, self.outer_tx.init(params), {}))
 
-    def sync(self, island, outer, groups, weight):
+    def sync(self, island, outer, step, groups, weight):
         if self.outer_tx is None or "params" not in groups:
             return average_groups(island, outer, groups, weight)
         island, outer, _ = average_groups(island, outer, groups - {"params"}, weight)
-        params, outer, metrics = outer_step(self.outer_tx, island.params, outer, weight)
+        params, outer, metrics = outer_step(self.outer_tx, self.compressor, island.params, outer, step, weight)
         return IslandState(params, island.opt_state), outer, metrics
 
     def outer_lr(self):

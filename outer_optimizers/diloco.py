@@ -1,14 +1,14 @@
 """DiLoCo (arXiv 2311.08105): every H steps, an outer optax step on the mean pseudo-gradient.
 
-delta = theta_outer - theta_island; mean over islands; theta_outer <- OuterOpt(theta_outer, mean delta);
-every island restarts from the new theta_outer and keeps its inner optimizer state (never sent).
+delta = theta_outer - theta_island; mean over islands (through the compressor: outer.compress.*);
+theta_outer <- OuterOpt(theta_outer, mean delta); every island restarts from the new theta_outer and keeps
+its inner optimizer state (never sent). An error-feedback buffer, when compressing with one, is outer.buffers["error"].
 """
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaximus import UserError
-from jaximus.islands import island_mean
 from jaximus.state import IslandState, OuterState
 from outer_optimizers.base import PeriodicScheme, tree_norm
 
@@ -29,29 +29,36 @@ def make_outer_optimizer(outer_cfg) -> optax.GradientTransformation:
         raise UserError(f"outer.optimizer={name!r} with outer.optimizer_kwargs={kwargs}: {e}") from None
 
 
-def outer_step(outer_tx, island_params, outer: OuterState, weight):
+def with_error(compressor, params, outer: OuterState) -> OuterState:
+    """outer.buffers["error"]: the error-feedback buffer, when the compressor keeps one."""
+    error = compressor.init_error(params)
+    return outer if error is None else OuterState(outer.params, outer.opt_state, {**outer.buffers, "error": error})
+
+
+def outer_step(outer_tx, compressor, island_params, outer: OuterState, step, weight):
     """The pseudo-gradient step shared by DiLoCo and DES-LOC's optional outer optimizer."""
     delta = jax.tree.map(jnp.subtract, outer.params, island_params)
-    mean_delta = island_mean(delta, weight)
+    mean_delta, error = compressor.mean(delta, outer.buffers.get("error"), weight, step)
     updates, opt_state = outer_tx.update(mean_delta, outer.opt_state, outer.params)
     new = optax.apply_updates(outer.params, updates)
+    buffers = outer.buffers if error is None else {**outer.buffers, "error": error}
     metrics = {"drift": tree_norm(delta), "pseudo_grad_norm": tree_norm(mean_delta)}
-    return new, OuterState(new, opt_state, outer.buffers), metrics
+    return new, OuterState(new, opt_state, buffers), metrics
 
 
 class DiLoCo(PeriodicScheme):
     name = "diloco"
     groups = ("params",)
 
-    def __init__(self, outer_cfg, inner_tx, island, num_islands):
-        super().__init__(outer_cfg, inner_tx, island, num_islands)
+    def __init__(self, outer_cfg, inner_tx, island, num_islands, compressor):
+        super().__init__(outer_cfg, inner_tx, island, num_islands, compressor)
         self.outer_tx = make_outer_optimizer(outer_cfg)
 
     def init(self, params):
-        return OuterState(params, self.outer_tx.init(params), {})
+        return with_error(self.compressor, params, OuterState(params, self.outer_tx.init(params), {}))
 
-    def sync(self, island, outer, groups, weight):
-        params, outer, metrics = outer_step(self.outer_tx, island.params, outer, weight)
+    def sync(self, island, outer, step, groups, weight):
+        params, outer, metrics = outer_step(self.outer_tx, self.compressor, island.params, outer, step, weight)
         return IslandState(params, island.opt_state), outer, metrics
 
     def outer_lr(self):

@@ -5,12 +5,12 @@ from outer_optimizers.base import PeriodicScheme, average_groups, moment_groups
 class LocalAdam(PeriodicScheme):
     name = "local_adam"
 
-    def __init__(self, outer_cfg, inner_tx, island, num_islands):
-        super().__init__(outer_cfg, inner_tx, island, num_islands)
+    def __init__(self, outer_cfg, inner_tx, island, num_islands, compressor):
+        super().__init__(outer_cfg, inner_tx, island, num_islands, compressor)
         # every moment buffer the inner optimizer keeps (Muon has only a first moment)
         self.groups = ("params", *moment_groups(self.name, island.opt_state))
 
-    def sync(self, island, outer, groups, weight):
+    def sync(self, island, outer, step, groups, weight):
         return average_groups(island, outer, groups, weight)
 
     def outer_lr(self):

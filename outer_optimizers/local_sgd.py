@@ -11,7 +11,7 @@ class LocalSGD(PeriodicScheme):
     name = "local_sgd"
     groups = ("params",)
 
-    def sync(self, island, outer, groups, weight):
+    def sync(self, island, outer, step, groups, weight):
         island, outer, metrics = average_groups(island, outer, groups, weight)
         if self.cfg.reset_inner_opt:
             fresh = self.inner_tx.init(island.params)

@@ -5,6 +5,8 @@ bytes per sync fall by P. With overlap tau >= 1 its pseudo-gradient is taken aft
 cross-island mean is issued inside the compiled program of step t + 1 (beside that step's compute) and
 consumed at the end of step t + tau: an outer Nesterov step on that fragment, then the merge
 theta_island <- alpha theta_island + (1 - alpha) theta_outer. tau = 0 syncs at once in a sync program.
+Fragments' means go through the compressor (the paper's FP4 is outer.compress.format=fp4_e3m0 or
+fp4_e2m1), with one error-feedback buffer per fragment when it keeps one.
 """
 import jax
 import jax.numpy as jnp
@@ -12,9 +14,8 @@ import numpy as np
 import optax
 
 from jaximus import UserError
-from jaximus.islands import island_mean, tree_bytes
 from jaximus.state import IslandState, OuterState
-from outer_optimizers.base import PeriodicScheme, tree_norm
+from outer_optimizers.base import PeriodicScheme, make_ledger, tree_norm
 from outer_optimizers.diloco import make_outer_optimizer
 
 LAYOUTS = ("strided", "sequential")
@@ -52,8 +53,8 @@ def assign_fragments(params, fragments: int, layout: str) -> list:
 class StreamingDiLoCo(PeriodicScheme):
     name = "streaming_diloco"
 
-    def __init__(self, outer_cfg, inner_tx, island, num_islands):
-        super().__init__(outer_cfg, inner_tx, island, num_islands)
+    def __init__(self, outer_cfg, inner_tx, island, num_islands, compressor):
+        super().__init__(outer_cfg, inner_tx, island, num_islands, compressor)
         P, tau = self.settings(outer_cfg)
         H = self.every
         if outer_cfg.fragment_layout not in LAYOUTS:
@@ -147,6 +148,8 @@ class StreamingDiLoCo(PeriodicScheme):
         opt = tuple(self.outer_tx.init(self.take(params, p)) for p in range(self.P))
         zeros = tuple(jax.tree.map(jnp.zeros_like, self.take(params, p)) for p in range(self.P))
         buffers = {"payload": zeros, **({"previous": zeros} if self.eager else {})} if self.tau else {}
+        if self.compressor.error_feedback:
+            buffers["error"] = zeros
         return OuterState(params, opt, buffers)
 
     def _apply(self, island, outer, p, mean_delta):
@@ -166,6 +169,12 @@ class StreamingDiLoCo(PeriodicScheme):
         values = tuple(value if q == p else v for q, v in enumerate(outer.buffers[name]))
         return OuterState(outer.params, outer.opt_state, {**outer.buffers, name: values})
 
+    def _mean(self, outer, p, delta, step, weight=None):
+        """(fragment p's compressed mean over islands, outer with its error buffer updated)."""
+        error = outer.buffers["error"][p] if self.compressor.error_feedback else None
+        mean, error = self.compressor.mean(delta, error, weight, step, salt=p)
+        return mean, outer if error is None else self._buffer(outer, "error", p, error)
+
     def in_step(self, island, outer, step, events):
         """Issue, then apply, then take: tau = 1 issues and applies one fragment in one step. With the whole
         round overlapped, a take first applies the mean that arrived during the round (the naive delayed
@@ -173,7 +182,8 @@ class StreamingDiLoCo(PeriodicScheme):
         mean^(t-1) + (delta_m^(t) - delta_m^(t-1)) / M (2502.12996)."""
         for p in range(self.P):
             if f"issue:{p}" in events:
-                outer = self._buffer(outer, "payload", p, island_mean(outer.buffers["payload"][p]))
+                mean, outer = self._mean(outer, p, outer.buffers["payload"][p], step)
+                outer = self._buffer(outer, "payload", p, mean)
         fresh = {p: self._delta(island, outer, p) for p in range(self.P) if f"take:{p}" in events}
         for p in range(self.P):
             if f"apply:{p}" in events:
@@ -188,28 +198,28 @@ class StreamingDiLoCo(PeriodicScheme):
                 outer = self._buffer(outer, "previous", p, delta)
         return island, outer
 
-    def sync(self, island, outer, groups, weight):
+    def sync(self, island, outer, step, groups, weight):
         fresh = {p: self._delta(island, outer, p) for p in range(self.P) if f"fragment{p}" in groups}
         for p in range(self.P):
             if f"flush{p}" in groups or f"land{p}" in groups:
-                payload = outer.buffers["payload"][p]
-                mean = island_mean(payload) if f"flush{p}" in groups else payload
+                mean = outer.buffers["payload"][p]
+                if f"flush{p}" in groups:
+                    mean, outer = self._mean(outer, p, mean, step)
                 if self.eager and f"land{p}" in groups:  # this island's own share of it was applied eagerly
                     mean = jax.tree.map(lambda m, own: m - own / self.num_islands, mean, outer.buffers["previous"][p])
                 island, outer = self._apply(island, outer, p, mean)
-        means = {p: island_mean(delta, weight) for p, delta in fresh.items()}
-        for p, mean in means.items():
-            island, outer = self._apply(island, outer, p, mean)
+        means = {}
+        for p, delta in fresh.items():
+            means[p], outer = self._mean(outer, p, delta, step, weight)
+            island, outer = self._apply(island, outer, p, means[p])
         return island, outer, {"drift": tree_norm(list(fresh.values())), "pseudo_grad_norm": tree_norm(list(means.values()))}
 
     def ledger(self):
-        leaves = jax.tree.leaves(self.island.params)
-        sizes = [sum(tree_bytes(leaves[i]) if layers is None else tree_bytes(leaves[i]) // leaves[i].shape[0] * len(layers)
-                     for i, layers in self._parts(p)) for p in range(self.P)]
-        return self._with_peers({"step": {f"issue:{p}": n for p, n in enumerate(sizes)},
-                                 "sync": {**{f"fragment{p}": n for p, n in enumerate(sizes)},
-                                          **{f"flush{p}": n for p, n in enumerate(sizes)},
-                                          **{f"land{p}": 0 for p in range(self.P)}}})
+        costs = [self.compressor.cost(jax.eval_shape(lambda x: self.take(x, p), self.island.params), self.num_islands)
+                 for p in range(self.P)]
+        return make_ledger({f"issue:{p}": c for p, c in enumerate(costs)},
+                           {**{f"fragment{p}": c for p, c in enumerate(costs)},
+                            **{f"flush{p}": c for p, c in enumerate(costs)}, **{f"land{p}": (0, 0.0) for p in range(self.P)}})
 
     def overlap_steps(self):
         return float(self.tau)  # a fragment's mean has tau steps of compute to arrive in

@@ -1,6 +1,6 @@
 """Synchronous data-parallel (HSDP), the control: gradients averaged across islands every step."""
 from jaximus.islands import island_mean, tree_bytes
-from outer_optimizers.base import Scheme
+from outer_optimizers.base import Scheme, make_ledger
 
 
 class SyncDP(Scheme):
@@ -17,7 +17,7 @@ class SyncDP(Scheme):
 
     def ledger(self):
         # gradients have the parameters' shapes and dtypes
-        return self._with_peers({"step": {"grads": tree_bytes(self.island.params)}, "sync": {}})
+        return make_ledger({"grads": self.all_reduce(tree_bytes(self.island.params))}, {})
 
     def overlap_steps(self):
         return 2 / 3  # the gradient all-reduce hides behind the backward pass: 2 of a step's 3 passes (2001.08361)

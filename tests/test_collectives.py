@@ -9,6 +9,7 @@ from jaximus.islands import island_mean, tree_bytes
 from jaximus.mesh import make_mesh
 from jaximus.state import OuterState
 from outer_optimizers import SCHEMES, Scheme
+from outer_optimizers.base import make_ledger
 
 
 @pytest.mark.parametrize("name", ["sync", "diloco", "local_sgd", "local_adam", "desloc"])
@@ -16,7 +17,7 @@ def test_ledger_equals_compiled_cross_island_bytes(nanochat, tiny_cfg, name):
     cfg = tiny_cfg(f"outer.name='{name}'", "outer.sync_every=2")
     report = inspect_scheme(cfg, nanochat)
     [inner] = report["inner"]  # one variant of the inner step
-    assert inner["hlo"] == inner["ledger"]
+    assert inner["hlo"] == inner["ledger"] and inner["hlo_wire"] == pytest.approx(inner["ledger_wire"])
     if name == "sync":
         assert inner["collectives"] >= 1 and inner["ledger"] == 4 * report["params"] and not report["syncs"]
     else:  # a local-update inner step never talks across islands
@@ -24,6 +25,7 @@ def test_ledger_equals_compiled_cross_island_bytes(nanochat, tiny_cfg, name):
         assert report["syncs"]
     for event in report["syncs"]:
         assert event["collectives"] >= 1 and event["hlo"] == event["ledger"] > 0, event
+        assert event["hlo_wire"] == pytest.approx(event["ledger_wire"]) == 1.5 * event["ledger"]  # ring, R = 4
     if name == "desloc":  # params every 2, first moments every 6, second every 12
         assert {tuple(e["groups"]) for e in report["syncs"]} == {("params",), ("mu", "params"), ("mu", "nu", "params")}
 
@@ -62,7 +64,7 @@ class InStepEcho(Scheme):
         return island, OuterState({**outer.params, "lm_head": arrived}, outer.opt_state, {"in_flight": issued})
 
     def ledger(self):
-        return self._with_peers({"step": {"in_flight": tree_bytes(self.island.params["lm_head"])}, "sync": {}})
+        return make_ledger({"in_flight": self.all_reduce(tree_bytes(self.island.params["lm_head"]))}, {})
 
 
 def test_a_scheme_can_talk_inside_the_inner_step(nanochat, tiny_cfg, tmp_path, monkeypatch):
