@@ -35,7 +35,7 @@ from jaximus.mesh import batch_sharding, enable_compile_cache, force_cpu_devices
 from jaximus.schema import SCHEMA
 from jaximus.state import IslandState, Progress, TrainState, make_init, shard_state
 from jaximus.step import make_eval_step, make_sync_step, make_train_step
-from outer_optimizers import OUTER_SCHEMA, SCHEMES, make_scheme
+from outer_optimizers import OUTER_SCHEMA, SCHEMES, check_compression, make_scheme
 
 PURPOSES = ("train", "measure", "compile")
 __all__ = ["PURPOSES", "SCHEMES", "Run", "build", "load_config", "start"]
@@ -49,6 +49,7 @@ def load_config(config_path: str, overrides: list[str]):
     if cfg.outer.name not in SCHEMES:
         raise UserError(f"outer.name={cfg.outer.name!r}: unknown scheme; choose one of {', '.join(SCHEMES)}")
     check_config(cfg)
+    check_compression(cfg)
     getattr(exp["config"], "check_config", lambda c: None)(cfg)
     check_distributed(cfg)
     return cfg, exp

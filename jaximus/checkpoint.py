@@ -16,7 +16,7 @@ from jaximus.schema import flatten
 
 # Keys whose change alters the state's shapes or the data order: a resumed run must keep them.
 FROZEN_PREFIXES = ("seed", "model.", "data.", "parallel.", "outer.name", "outer.optimizer", "outer.fragment",
-                   "outer.overlap_steps", "outer.eager")
+                   "outer.overlap_steps", "outer.eager", "outer.compress.format", "outer.compress.error_feedback")
 FREE_KEYS = ("data.prefetch", "data.cache_dir")
 
 

@@ -4,7 +4,7 @@ Every scheme answers (ALGORITHMS.md §1): what is exchanged, when, how it is agg
 base.py states the protocol. jaximus reaches the schemes only through `make_scheme`.
 """
 from jaximus import UserError
-from jaximus.compress import Compressor
+from jaximus.compress import Compressor, check_settings
 from outer_optimizers.base import OUTER_SCHEMA, Scheme, add_outer_config
 from outer_optimizers.desloc import DesLoc
 from outer_optimizers.diloco import DiLoCo
@@ -15,6 +15,16 @@ from outer_optimizers.sync import SyncDP
 
 SCHEMES = {s.name: s for s in (SyncDP, DiLoCo, StreamingDiLoCo, LocalSGD, LocalAdam, DesLoc)}
 COMPRESSIBLE = ("diloco", "streaming_diloco", "desloc")  # schemes that feed a mean pseudo-gradient to an outer step
+
+
+def check_compression(cfg) -> None:
+    """outer.compress.* fits itself and the scheme; checked before JAX starts and again when a scheme is built."""
+    check_settings(cfg.outer.compress)
+    fmt, name = cfg.outer.compress.format or "none", cfg.outer.name
+    if fmt != "none" and (name not in COMPRESSIBLE or (name == "desloc" and not cfg.outer.desloc_outer_opt)):
+        raise UserError(f"outer.compress.format={fmt} with outer.name={name}: compression applies to pseudo-gradients "
+                        f"fed to an outer optimizer; use {', '.join(COMPRESSIBLE)} (desloc with "
+                        "outer.desloc_outer_opt=True), or outer.compress.format=None")
 
 
 def make_scheme(cfg, inner_tx, island, num_islands: int) -> Scheme:
@@ -31,14 +41,10 @@ def make_scheme(cfg, inner_tx, island, num_islands: int) -> Scheme:
     if cfg.outer.eager and name not in ("diloco", "streaming_diloco"):
         raise UserError(f"outer.eager=true with outer.name={name}: eager updates swap a share of the pseudo-gradient "
                         "fed to an outer step; use diloco or streaming_diloco")
-    fmt = cfg.outer.compress.format or "none"
-    if fmt != "none" and (name not in COMPRESSIBLE or (name == "desloc" and not cfg.outer.desloc_outer_opt)):
-        raise UserError(f"outer.compress.format={fmt} with outer.name={name}: compression applies to pseudo-gradients "
-                        f"fed to an outer optimizer; use {', '.join(COMPRESSIBLE)} (desloc with "
-                        "outer.desloc_outer_opt=True), or outer.compress.format=None")
+    check_compression(cfg)
     compressor = Compressor(cfg.outer.compress, cfg.parallel.fsdp, cfg.parallel.strategy, cfg.seed)
     scheme = EagerDiLoCo if name == "diloco" and cfg.outer.eager else SCHEMES[name]
     return scheme(cfg.outer, inner_tx, island, num_islands, compressor)
 
 
-__all__ = ["OUTER_SCHEMA", "SCHEMES", "Scheme", "add_outer_config", "make_scheme"]
+__all__ = ["OUTER_SCHEMA", "SCHEMES", "Scheme", "add_outer_config", "check_compression", "make_scheme"]

@@ -34,19 +34,23 @@ def wait_for(predicate, proc, timeout=180):
 
 def logged(run_dir):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(m["step"], m.get("train/loss"), m.get("val/bpb"), m["comm/cross_island_bytes"] if "train/loss" in m else 0)
-            for m in rows]
+    return [(m["step"], m.get("train/loss"), m.get("val/bpb"),
+             *((m["comm/cross_island_bytes"], m["comm/wire_bytes"]) if "train/loss" in m else ())) for m in rows]
 
 
 def final_state(run_dir, step=12):
     return jax.tree.leaves(ocp.StandardCheckpointer().restore(run_dir / "checkpoints" / str(step) / "state"))
 
 
-@pytest.mark.parametrize("scheme,mid_save", [("sync", False), ("diloco", True), ("desloc", False),
-                                             ("streaming_diloco", False)])
-def test_sigkill_then_resume_is_exact(tmp_path, capsys, scheme, mid_save):
+TOPK_EF = ("outer.compress.format='topk'", "outer.compress.error_feedback=True", "outer.compress.ef_decay=0.95",
+           "outer.compress.k=16", "outer.compress.stochastic=True")
+
+
+@pytest.mark.parametrize("scheme,mid_save,extra", [("sync", False, ()), ("diloco", True, ()), ("desloc", False, ()),
+                                                   ("streaming_diloco", False, ()), ("diloco", False, TOPK_EF)])
+def test_sigkill_then_resume_is_exact(tmp_path, capsys, scheme, mid_save, extra):
     # streaming: H = 4, P = 2, tau = 1, so the checkpoint after step 6 holds fragment 1 taken but not yet issued
-    outer = (f"outer.name='{scheme}'", *(["outer.sync_every=4"] if scheme == "streaming_diloco" else []))
+    outer = (f"outer.name='{scheme}'", *(["outer.sync_every=4"] if scheme == "streaming_diloco" else []), *extra)
     assert main(["--config", DILOCO, *RUN, *outer, f"run.out_dir='{tmp_path}'", "run.name='whole'"]) == 0
     proc = start(tmp_path, "killed", *outer, "checkpoint.every=1")
     ckpts = tmp_path / "killed" / "checkpoints"
@@ -61,8 +65,11 @@ def test_sigkill_then_resume_is_exact(tmp_path, capsys, scheme, mid_save):
                  "checkpoint.every=1"]) == 0
     assert "resuming from step" in capsys.readouterr().out
     assert logged(tmp_path / "whole") == logged(tmp_path / "killed")  # no duplicate or missing step, same losses
-    for a, b in zip(final_state(tmp_path / "whole"), final_state(tmp_path / "killed")):
+    for a, b in zip(final_state(tmp_path / "whole"), final_state(tmp_path / "killed"), strict=True):
         np.testing.assert_array_equal(a, b)  # bitwise
+    if extra:  # the error-feedback buffers are part of the state, and hold something
+        state = ocp.StandardCheckpointer().restore(tmp_path / "killed" / "checkpoints" / "12" / "state")
+        assert any(np.any(e) for e in jax.tree.leaves(state["outer"]["buffers"]["error"]))
 
 
 def test_interrupt_saves_and_exits_cleanly(tmp_path):

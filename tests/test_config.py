@@ -57,6 +57,13 @@ def test_every_key_rejects_a_wrong_type(tmp_path, capsys, key):
     (["outer.nam=diloco"], "error: config: Unknown override key 'outer.nam'; did you mean: outer.name"),
     (["faults.island_dropout=1.0"], "error: faults.island_dropout=1.0: must be a number in [0, 1)"),
     (["run.resume=-1"], "error: run.resume=-1: must be an integer >= 0 (or 'auto' or 'fresh')"),
+    (["outer.compress.format='int3'"], "error: outer.compress.format='int3': choose one of none, int8, int4"),
+    (["outer.compress.format='topk'", "outer.compress.k=100", "outer.compress.chunk=8"],
+     "error: outer.compress.k=100 is larger than a chunk (outer.compress.chunk=8: 64 entries); choose k <= 64"),
+    (["outer.compress.block=0"], "error: outer.compress.block=0: must be an integer >= 1"),
+    (["outer.compress.format='int8'", "outer.name='local_sgd'"],
+     "error: outer.compress.format=int8 with outer.name=local_sgd: compression applies to pseudo-gradients"),
+    (["outer.compress.format='randk'"], "error: outer.compress.value_bits=2 with outer.compress.format=randk"),
 ])
 def test_bad_values_name_the_key_and_the_fix(tmp_path, capsys, overrides, expected):
     rc = main(["--config", DILOCO, *TINY, f"run.out_dir='{tmp_path}'", *overrides])

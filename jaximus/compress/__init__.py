@@ -66,22 +66,28 @@ COMPRESS_SCHEMA = {
 }
 
 
+def check_settings(cfg) -> None:
+    """Relations between outer.compress.* keys (each key's type and range are in COMPRESS_SCHEMA)."""
+    fmt = cfg.format or "none"
+    if fmt not in CHOICES:
+        raise UserError(f"outer.compress.format={fmt!r}: choose one of {', '.join(CHOICES)}")
+    if fmt in SPARSIFIERS and cfg.k > cfg.chunk ** 2:
+        raise UserError(f"outer.compress.k={cfg.k} is larger than a chunk (outer.compress.chunk={cfg.chunk}: "
+                        f"{cfg.chunk ** 2} entries); choose k <= {cfg.chunk ** 2}")
+    if fmt == "randk" and cfg.value_bits != 32:
+        raise UserError(f"outer.compress.value_bits={cfg.value_bits} with outer.compress.format=randk: random-k "
+                        "values cross in a float32 all-reduce; set outer.compress.value_bits=32")
+
+
 class Compressor:
     """Built once per run from outer.compress.* and the island layout; `none` is today's float32 mean."""
 
     def __init__(self, cfg, fsdp: int, strategy: str, seed: int):
+        check_settings(cfg)
         self.format, self.fsdp, self.strategy, self.seed = cfg.format or "none", fsdp, strategy, seed
         self.block, self.chunk, self.k, self.bits = cfg.block, cfg.chunk, cfg.k, cfg.value_bits
         self.beta, self.stochastic = cfg.ef_decay, cfg.stochastic
         self.error_feedback = cfg.error_feedback and self.format != "none"
-        if self.format not in CHOICES:
-            raise UserError(f"outer.compress.format={self.format!r}: choose one of {', '.join(CHOICES)}")
-        if self.format in SPARSIFIERS and self.k > self.chunk ** 2:
-            raise UserError(f"outer.compress.k={self.k} is larger than a chunk (outer.compress.chunk={self.chunk}: "
-                            f"{self.chunk ** 2} entries); choose k <= {self.chunk ** 2}")
-        if self.format == "randk" and self.bits != 32:
-            raise UserError(f"outer.compress.value_bits={self.bits} with outer.compress.format=randk: random-k values "
-                            "cross in a float32 all-reduce; set outer.compress.value_bits=32")
 
     @property
     def active(self) -> bool:
