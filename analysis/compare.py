@@ -94,20 +94,23 @@ def _duration(seconds: float) -> str:
 def table(runs: list[Run], cluster: Cluster) -> tuple[str, list[str]]:
     """The markdown table and the warnings to print beside it."""
     reference, warnings = reference_of(runs)
-    lines = ["| run | scheme | H | steps | tokens | val bpb | vs sync | MiB sent per island | peak MiB in a step "
-             "| reduction | syncs | projected time, blocking | CU | CU, overlapped | flags |",
-             "|" + "---|" * 15]
+    lines = ["| run | scheme | H | steps | tokens | val bpb | vs sync | MiB sent per island | wire MiB "
+             "| peak MiB in a step | reduction | syncs | projected time, blocking | CU | CU, overlapped | flags |",
+             "|" + "---|" * 16]
     for run in runs:
         p = projection(run, cluster)
         bpb = run.evals[-1]["val/bpb"] if run.evals else None
         ref_bpb = reference.evals[-1]["val/bpb"] if reference and reference.evals else None
         delta = f"{bpb - ref_bpb:+.4f}" if bpb is not None and ref_bpb is not None and run is not reference else "—"
-        reduction = f"{reference.bytes / run.bytes:.3g}x" if reference and run.bytes else "—"
+        on_wire = reference is not None and reference.wire_bytes and run.wire_bytes
+        reduction = (f"{reference.wire_bytes / run.wire_bytes:.3g}x" if on_wire else
+                     f"{reference.bytes / run.bytes:.3g}x" if reference and run.bytes else "—")
+        wire = "—" if run.wire_bytes is None else f"{run.wire_bytes / MiB:,.3g}"
         run_flags = flags(run, reference)
         warnings += [f"{run.name}: {f}" for f in run_flags]
         lines.append(
             f"| {run.name} | {run.scheme} | {run.sync_every or '—'} | {run.steps} | {run.tokens:,} "
-            f"| {'—' if bpb is None else f'{bpb:.4f}'} | {delta} | {run.bytes / MiB:,.0f} "
+            f"| {'—' if bpb is None else f'{bpb:.4f}'} | {delta} | {run.bytes / MiB:,.3g} | {wire} "
             f"| {run.peak_step_bytes / MiB:,.3g} | {reduction} | {run.syncs} "
             f"| {_duration(p.wall_s)} | {p.utilization:.1%} | {p.utilization_overlap:.1%} | {'; '.join(run_flags)} |")
     return "\n".join(lines) + "\n", warnings
@@ -121,14 +124,15 @@ def figures(runs: list[Run], cluster: Cluster, out: Path) -> list[Path]:
     from analysis.network import plot_utilization, save_png
     series = {}
     for run in runs:
-        sent = {r["step"]: r["comm/cross_island_bytes"] / MiB for r in run.train_rows}
+        key = "comm/wire_bytes" if run.wire_bytes is not None else "comm/cross_island_bytes"
+        sent = {r["step"]: r[key] / MiB for r in run.train_rows}
         points = [(e["tokens"], sent.get(e["step"]) or np.nan,  # nothing sent yet has no place on a log axis
                    projection(run, cluster, e["step"]).wall_overlap_s if e["step"] else 0.0, e["val/bpb"])
                   for e in run.evals if e["step"] in sent or e["step"] == 0]
         series[run.name] = np.array(points, dtype=np.float64).reshape(-1, 4)
     written = []
     for column, name, xlabel, log in ((0, "bpb_vs_tokens", "tokens", False),
-                                      (1, "bpb_vs_bytes", "cross-island MiB sent per island", True),
+                                      (1, "bpb_vs_bytes", "cross-island MiB on the wire per island", True),
                                       (2, "bpb_vs_wallclock", "projected wall-clock, overlapped (s)", False)):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for label, pts in series.items():

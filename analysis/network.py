@@ -129,18 +129,19 @@ PUBLISHED = {
 }
 
 
-# The paper's 1B as a real streaming_diloco config: 24 layers in 8 strided fragments of 3, tau = 1. Its
-# H = 100 is not a multiple of 8 fragments, which our schedule needs: the config has 96, and the 8 fragment
-# syncs are spread over the window of 100 steps the table is modelled on.
+# The paper's 1B as a real streaming_diloco config: 24 layers in 8 strided fragments of 3, tau = 1, FP4
+# (E3M0) pseudo-gradients. Its H = 100 is not a multiple of 8 fragments, which our schedule needs: the
+# config has 96, and the 8 fragment syncs are spread over the window of 100 steps the table is modelled on.
 STREAMING_CONFIG = ("experiments/diloco_nanochat/config.py",
                     ["outer.name='streaming_diloco'", "model.depth=24", "outer.fragments=8", "outer.sync_every=96",
-                     "outer.overlap_steps=1"])
+                     "outer.overlap_steps=1", "outer.compress.format='fp4_e3m0'"])
 
 
 def streaming_setup(params: float, step_s: float, config=STREAMING_CONFIG) -> tuple[list[float], float]:
     """(events in bytes, overlap seconds) of one H window, from a streaming_diloco scheme built on the config's
-    model shapes (nothing allocated): each fragment's share of the parameters and the steps its sync hides
-    behind come from the scheme; FP4 on the wire (0.5 byte per parameter) is the paper's."""
+    model shapes (nothing allocated): each fragment's wire bytes per parameter (FP4 codes and their block
+    scales, as the compressor sends them) and the steps its sync hides behind come from the scheme. With
+    M = 2 a ring all-reduce's wire factor is 1, so the wire bytes are the payload the link model expects."""
     import jax
 
     from jaximus.build import load_config
@@ -151,8 +152,9 @@ def streaming_setup(params: float, step_s: float, config=STREAMING_CONFIG) -> tu
     island = jax.eval_shape(lambda k: IslandState(p := exp["model"].init_model_weights(cfg, k), tx.init(p)),
                             jax.random.key(0))
     scheme = make_scheme(cfg, tx, island, 2)
-    fragments = [n for g, n in scheme.ledger()["sync"].items() if g.startswith("fragment")]
-    return [0.5 * params * n / sum(fragments) for n in fragments], scheme.overlap_steps() * step_s
+    ours = sum(x.size for x in jax.tree.leaves(island.params))
+    wire = [n for g, n in scheme.ledger()["wire"]["sync"].items() if g.startswith("fragment")]
+    return [params * n / ours for n in wire], scheme.overlap_steps() * step_s
 
 
 def published_setups(params: float, step_s: float, sync_every: int = PUBLISHED_H):
@@ -160,7 +162,7 @@ def published_setups(params: float, step_s: float, sync_every: int = PUBLISHED_H
 
     Data-parallel all-reduces bf16 gradients every step, hidden behind the backward pass. Vanilla DiLoCo
     sends bf16 parameters every H steps and blocks. Streaming is a real streaming_diloco config
-    (`streaming_setup`): one fragment every H/P steps in FP4, hidden behind tau inner steps.
+    (`streaming_setup`): one fragment every H/P steps in block-scaled FP4, hidden behind tau inner steps.
     """
     return {
         "Data-Parallel": ([2.0 * params] * sync_every, BACKWARD_SHARE * step_s),

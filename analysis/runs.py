@@ -73,6 +73,12 @@ class Run:
         return _largest(self.train_rows, "comm/cross_island_bytes")
 
     @property
+    def wire_bytes(self) -> float | None:
+        """Bytes each island has put on the link so far for the collectives compiled (None in older runs)."""
+        rows = [r for r in self.train_rows if "comm/wire_bytes" in r]
+        return _largest(rows, "comm/wire_bytes") if rows else None
+
+    @property
     def peak_step_bytes(self) -> float:
         """The most bytes sent in one inner step (with log.every > 1, in one logged interval, per step), leaving
         out a finished run's last step: its final sync of everything pending is not the steady state."""
@@ -100,14 +106,19 @@ class Run:
         return recorded if recorded is not None else (2 / 3 if self.blocking_every_step else 1.0)
 
     def events(self) -> list[tuple[int, float]]:
-        """(step, bytes) of every communication event so far, from the cumulative ledger.
+        """(step, bytes) of every communication event so far, from the cumulative ledger, as the payload of a
+        ring all-reduce that puts the same bytes on the wire (wire x M / 2(M - 1)): a compressed payload's
+        all-gather or quantized all-reduce costs what it really sends.
 
         With `log.every` > 1 a logged interval's bytes are split evenly over the syncs it counted.
         """
-        out, last = [], {"step": 0, "comm/cross_island_bytes": 0, "comm/syncs": 0}
+        M = self.islands
+        key = "comm/wire_bytes" if self.wire_bytes is not None and M > 1 else "comm/cross_island_bytes"
+        scale = M / (2 * (M - 1)) if key == "comm/wire_bytes" else 1.0
+        out, last = [], {"step": 0, key: 0, "comm/syncs": 0}
         for row in self.train_rows:
             syncs = row["comm/syncs"] - last["comm/syncs"]
-            sent = row["comm/cross_island_bytes"] - last["comm/cross_island_bytes"]
+            sent = (row[key] - last[key]) * scale
             if syncs:
                 out += [(row["step"], sent / syncs)] * syncs
             last = row

@@ -14,7 +14,7 @@ ONE_SECOND_GBPS = 8 * 100 * MiB / 1e9
 
 
 def write_run(path, scheme, final_bpb, every=1, steps=4, tokens_per_step=1000, finished=True, partial_line=False,
-              seq_len=256, overlap_steps=None):
+              seq_len=256, overlap_steps=None, wire=None):
     """A run directory as train.py writes it: per-step rows with the cumulative ledger, then evals."""
     path.mkdir(parents=True)
     per_step = scheme == "sync"
@@ -32,7 +32,8 @@ def write_run(path, scheme, final_bpb, every=1, steps=4, tokens_per_step=1000, f
         syncs += 1 if per_step or step % every == 0 else 0
         lines.append({"step": step, "tokens": step * tokens_per_step, "train/loss": 3.0,
                       "comm/cross_island_bytes": syncs * 100 * MiB, "comm/syncs": syncs,
-                      "perf/tokens_per_sec": tokens_per_step / 2.0})
+                      "perf/tokens_per_sec": tokens_per_step / 2.0,
+                      **({"comm/wire_bytes": syncs * wire} if wire is not None else {})})
         if step % 2 == 0:
             lines.append({"step": step, "tokens": step * tokens_per_step, "val/loss": 1.0,
                           "val/bpb": final_bpb + (steps - step) * 0.1})
@@ -85,6 +86,18 @@ def test_table_numbers_from_hand_made_runs(tmp_path, capsys):
     assert rows["streaming"]["CU, overlapped"] == "100.0%"
     for name in ("bpb_vs_tokens", "bpb_vs_bytes", "bpb_vs_wallclock", "utilization_vs_bandwidth"):
         assert (tmp_path / "report" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_wire_bytes_drive_the_reduction_and_the_projection(tmp_path, capsys):
+    """A compressed run is timed by what it puts on the wire, not by its payload (2 islands: ring factor 1)."""
+    write_run(tmp_path / "sweep" / "sync", "sync", 2.0, wire=100 * MiB)
+    write_run(tmp_path / "sweep" / "int8", "diloco", 2.1, every=2, wire=25 * MiB)
+    code, out, err = compare(capsys, tmp_path / "sweep", "--out", tmp_path / "report", "--step-time", "1",
+                             "--gbps", ONE_SECOND_GBPS, "--latency-ms", "0")
+    assert code == 0, err
+    row = table_rows(out)["int8"]
+    assert (row["wire MiB"], row["reduction"]) == ("50", "8x")  # 2 syncs of 25 MiB vs sync's 4 x 100 MiB
+    assert (row["projected time, blocking"], row["CU"]) == ("4.5 s", "88.9%")  # 4 s + 2 x 0.25 s
 
 
 def test_step_time_from_flops_or_measured(tmp_path, capsys):

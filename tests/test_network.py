@@ -56,12 +56,13 @@ def test_latency_alone_can_make_a_target_unreachable():
 
 
 def test_model_reproduces_streaming_diloco_table_4_up_to_90_percent():
-    """2501.18512 Table 4. Its bandwidths are grid points about 1.2x apart; ours fall within 1.4x."""
+    """2501.18512 Table 4. Its bandwidths are grid points about 1.2x apart; ours fall within 1.45x (our FP4 also
+    sends a float32 scale per 128 values: 1.06x the paper's 0.5 byte per parameter)."""
     rows = check_published()
     assert len(rows) == 25 and {model for model, *_ in rows} == {"1B", "10B", "100B"}
     for model, name, target, published, modelled in rows:
         if target <= 0.9:
-            assert 0.9 / 1.4 < modelled / published < 1.4, (model, name, target, published, modelled)
+            assert 0.9 / 1.45 < modelled / published < 1.45, (model, name, target, published, modelled)
     needs = {(model, name, target): modelled for model, name, target, _, modelled in rows}
     assert needs["1B", "Data-Parallel", 0.8] > 100 * needs["1B", "Streaming + overlap + FP4", 0.8]
     # a bigger model sends more per step than its longer step can hide: data-parallel needs more bandwidth
