@@ -91,20 +91,32 @@ def island_program(fn, mesh):
     return jax.jit(per_island(fn, mesh)), jax.NamedSharding(mesh, jax.P("replica", None, "fsdp"))
 
 
-def test_int8_mean_is_the_quantized_all_reduce():
-    """Reference: each island's blocks quantized, dequantized and summed in float32, re-quantized, over R."""
+@pytest.mark.parametrize("weights", [None, [1 / 3, 1 / 3, 0.0, 1 / 3]])
+def test_int8_mean_is_the_quantized_all_reduce(weights):
+    """Reference: each island's blocks quantized, dequantized and summed in float32, re-quantized, over R;
+    with dropout weights, the island that dropped out contributes nothing."""
     mesh = make_mesh(4, 2)
     comp = Compressor(settings(format="int8"), fsdp=2, strategy="fsdp", seed=0)
     x = np.random.default_rng(2).standard_normal((4, 16, 64)).astype(np.float32)
-    fn, sharding = island_program(lambda d: comp.mean(d, None, None, jnp.int32(0))[0], mesh)
+    w = np.asarray(weights or [1.0] * 4, np.float32)
+    fn, sharding = island_program(lambda d, wr: comp.mean(d, None, None if weights is None else wr, jnp.int32(0))[0],
+                                  mesh)
     with jax.set_mesh(mesh):
-        ours = np.asarray(fn(jax.device_put(x, sharding)))
+        ours = np.asarray(fn(jax.device_put(x, sharding), jax.device_put(w, jax.NamedSharding(mesh, jax.P("replica")))))
     # each device holds a (16, 32) shard (fsdp on the last dim): block = 32 makes each row one block
     shards = x.reshape(4, 16, 2, 32)
-    total = sum(numpy_quantize(shards[r], "int8")[0] for r in range(4))
-    ref = (numpy_quantize(total, "int8")[0] / 4).reshape(16, 64)
+    total = sum(w[r] * numpy_quantize(shards[r], "int8")[0] for r in range(4))
+    ref = (numpy_quantize(total, "int8")[0] / (4 if weights is None else 1)).reshape(16, 64)
     for r in range(4):  # every island ends with the same mean
         np.testing.assert_allclose(ours[r], ref, rtol=1e-5, atol=1e-7)
+
+
+def test_blocks_pad_shards_that_a_block_does_not_divide():
+    leaves = [jnp.arange(37.0), jnp.arange(250.0).reshape(5, 50)]
+    blocks = layout.to_blocks(leaves, 100, 4)
+    assert blocks.shape == (4, 1, 100)  # 37 -> 100 and 250 -> 300 entries: one block for each of 4 islands
+    for back, x in zip(layout.from_blocks(blocks, [x.shape for x in leaves], 100), leaves, strict=True):
+        np.testing.assert_array_equal(back, x)
 
 
 def drift_to_optimum(error_feedback: bool) -> float:
