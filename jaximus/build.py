@@ -32,6 +32,7 @@ from jaximus.evaluate import split_val_rows, val_sharding
 from jaximus.ledger import Ledger
 from jaximus.log import make_logger, resolve_wandb_mode
 from jaximus.mesh import batch_sharding, enable_compile_cache, force_cpu_devices, make_mesh
+from jaximus.pretrained import with_pretrained
 from jaximus.schema import SCHEMA
 from jaximus.state import IslandState, Progress, TrainState, make_init, shard_state
 from jaximus.step import make_eval_step, make_sync_step, make_train_step
@@ -122,7 +123,8 @@ def build(cfg, exp, purpose: str = "train") -> Run:
     forward = exp["model"].make_model_forward(cfg)
     fpt = getattr(exp["model"], "flops_per_token", lambda c: None)(cfg)
     perf = {"tokens_per_step": cfg.data.batch_size * cfg.data.seq_len, "flops_per_token": fpt}
-    info = {"params": sum(x.size for x in jax.tree.leaves(island.params)), "flops_per_token": fpt,
+    info = {"experiment": str(Path(exp["config"].__file__).resolve()),
+            "params": sum(x.size for x in jax.tree.leaves(island.params)), "flops_per_token": fpt,
             "optimizer": resolved, "ledger": scheme.ledger(), "overlap_steps": scheme.overlap_steps()}
     if purpose != "compile":  # measured on one device, outside the mesh
         perf["peak"], info["peak_source"] = peak_flops()
@@ -135,10 +137,10 @@ def build(cfg, exp, purpose: str = "train") -> Run:
             return Run(state=abstract, **parts)
         if purpose == "measure":
             return Run(state=allocate(), **parts)
-        return _for_training(cfg, run_dir, resuming, forward, allocate, abstract, parts)
+        return _for_training(cfg, exp, run_dir, resuming, forward, allocate, abstract, parts)
 
 
-def _for_training(cfg, run_dir, resuming, forward, allocate, abstract, parts) -> Run:
+def _for_training(cfg, exp, run_dir, resuming, forward, allocate, abstract, parts) -> Run:
     """Data, evaluation, the run directory and the state: restored from the newest checkpoint, or fresh."""
     mesh, R, B, T = parts["mesh"], cfg.parallel.replica, cfg.data.batch_size, cfg.data.seq_len
     source = open_source(cfg.data)
@@ -165,11 +167,14 @@ def _for_training(cfg, run_dir, resuming, forward, allocate, abstract, parts) ->
         progress = Progress.from_meta(meta["progress"])
         say(f"jaximus: resuming from step {progress.step} ({run_dir / 'checkpoints'})")
     else:
-        state, progress = allocate(), Progress()
+        state, progress = with_pretrained(cfg, exp["model"], allocate(), parts["shardings"]), Progress()
     evaluate = make_eval_step(forward, tokenizer.token_bytes, mesh)
     if progress.step >= cfg.max_steps:  # nothing to train: leave the run directory as it is
         return Run(state=state, evaluate=evaluate, checkpointer=checkpointer, progress=progress, **parts)
     logger = make_logger(cfg, {**cfg.to_dict(), "resolved": parts["info"]}, cfg.max_steps, resume_step=progress.step)
+    if is_primary():  # the run's own tokenizer, for jaximus.export
+        tokenizer.tokenizer.save(str(run_dir / "tokenizer.json.tmp"))
+        (run_dir / "tokenizer.json.tmp").replace(run_dir / "tokenizer.json")
     islands = local_islands(mesh)
     positions = [progress.positions[r] for r in islands] if progress.positions else None
     loader = TrainLoader(source, tokenizer, T, B // R, islands, R, prefetch=cfg.data.prefetch,

@@ -16,9 +16,6 @@ from outer_optimizers import add_outer_config
 
 def get_config() -> sws.Config:
     c = sws.Config()
-    c.seed = 42  # nanochat
-    c.max_steps = 80  # CPU-sized horizon: under 5 minutes on 2 cores (nanochat d20: 21,400)
-
     c.model.depth = 4  # CPU-sized (nanochat speedrun: 20)
     c.model.width = lambda: 64 * c.model.depth  # nanochat: model_dim = 64 x depth
     c.model.n_head = lambda: max(1, math.ceil(c.model.width / 128))  # head dim 128
@@ -30,6 +27,14 @@ def get_config() -> sws.Config:
     c.model.softcap = 15.0
     c.model.compute_dtype = "float32"  # "bfloat16": bf16 compute over f32 master weights
     c.model.init_dist = "normal"  # v0: normal; "uniform": symmetric U(-b, b), same std
+    return add_run_config(c)
+
+
+def add_run_config(c) -> sws.Config:
+    """Everything but the model: data, the nanochat optimizer, islands, evaluation, outer scheme, run files.
+    Other experiments on the nanochat recipe (experiments/llama) reuse it with their own model.* keys."""
+    c.seed = 42  # nanochat
+    c.max_steps = 80  # CPU-sized horizon: under 5 minutes on 2 cores (nanochat d20: 21,400)
 
     c.data.source = "embedded"  # embedded (Python's stdlib sources) | hf | files
     c.data.hf_name = None  # [path, name], e.g. ["HuggingFaceFW/fineweb-edu", "sample-10BT"]
@@ -92,6 +97,12 @@ def config_schema() -> dict:
         "model.head_dim": integer(2), "model.n_kv_head": integer(1), "model.vocab_size": integer(1),
         "model.max_seq_len": integer(1), "model.rope_base": number(1), "model.softcap": number(0),
         "model.compute_dtype": text("float32", "bfloat16"), "model.init_dist": text("normal", "uniform"),
+        **optimizer_schema(),
+    }
+
+
+def optimizer_schema() -> dict:
+    return {
         **{f"optimizer.{k}": number(0) for k in ("matrix_lr", "embedding_lr", "unembedding_lr", "adam_eps",
                                                    "weight_decay", "final_lr_frac")},
         **{f"optimizer.{k}": number(0, 1, hi_open=True) for k in ("adam_b1", "adam_b2", "muon_momentum",

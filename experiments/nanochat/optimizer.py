@@ -15,14 +15,17 @@ def param_labels(weights) -> dict:
             "blocks": {k: {n: "muon" for n in v} for k, v in weights["blocks"].items()}}
 
 
-def make_optimizer(cfg):
-    """(optax transform, resolved hyperparameters, schedule functions of the step for logging)."""
+def make_optimizer(cfg, labels=param_labels, vectors: bool = False):
+    """(optax transform, resolved hyperparameters, schedule functions of the step for logging).
+
+    labels(weights) routes leaves to muon, embedding, unembedding and, with vectors=True, vector (norm
+    gains and biases, which nanochat's model has none of: AdamW at the unembedding lr, its smallest)."""
     o = cfg.optimizer
     lrm = lr_multiplier(cfg.max_steps, o.warmup_steps, o.warmdown_frac, o.final_lr_frac)
     momentum = muon_momentum(o.muon_momentum_start, o.muon_momentum, o.muon_momentum_warmup_steps)
     width_scale = (cfg.model.width / 768) ** -0.5  # nanochat: AdamW lrs scale as (d_model/768)^-0.5
     lrs = {"muon": o.matrix_lr, "embedding": o.embedding_lr * width_scale,
-           "unembedding": o.unembedding_lr * width_scale}
+           "unembedding": o.unembedding_lr * width_scale, **({"vector": o.unembedding_lr * width_scale} if vectors else {})}
 
     def adamw(lr):
         scale = (optax.scale_by_adam if o.adam == "adamw" else optax.contrib.scale_by_adopt)
@@ -35,8 +38,8 @@ def make_optimizer(cfg):
     muon = optax.chain(
         scale_by_muon(momentum, o.ns_steps, tuple(o.ns_coeffs), jnp.dtype(o.ns_dtype), shard, cfg.parallel.fsdp),
         optax.scale_by_learning_rate(lambda step: lrs["muon"] * lrm(step)))
-    tx = optax.partition({"muon": muon, "embedding": adamw(lrs["embedding"]),
-                          "unembedding": adamw(lrs["unembedding"])}, param_labels)
+    groups = {"muon": muon, **{g: adamw(lr) for g, lr in lrs.items() if g != "muon"}}
+    tx = optax.partition(groups, labels)
     schedules = {"lrm": lrm, "muon_momentum": momentum,
                  **{group: (lambda s, lr=lr: lr * lrm(s)) for group, lr in lrs.items()}}
     return tx, {"lrs": lrs, "width_scale": width_scale}, schedules

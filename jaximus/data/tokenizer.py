@@ -14,6 +14,8 @@ from jaximus import UserError
 from jaximus.data.sources import is_val
 
 SPECIAL_TOKENS = ["<|bos|>"]  # base pretraining uses only BOS (nanochat's chat tokens are not needed)
+# a pretrained tokenizer's document separator: ours, Llama 3's, Llama 2 / Mistral's, GPT-2 / Qwen2's
+BOS_TOKENS = ("<|bos|>", "<|begin_of_text|>", "<s>", "<|endoftext|>")
 # GPT-4's split pattern with \p{N}{1,2} instead of {1,3} (nanochat@3a5e0bc tokenizer.py)
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
                  r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
@@ -36,12 +38,13 @@ def _byte_decoder() -> dict[str, int]:
 class BPETokenizer:
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
-        self.bos_id = tokenizer.token_to_id(SPECIAL_TOKENS[0])
+        self.bos_id = next((i for i in map(tokenizer.token_to_id, BOS_TOKENS) if i is not None), None)
         if self.bos_id is None:
-            raise UserError(f"tokenizer: no {SPECIAL_TOKENS[0]} token; data.tokenizer_path must define it")
+            raise UserError(f"tokenizer: none of {', '.join(BOS_TOKENS)} is a token; data.tokenizer_path must define one "
+                            "to separate documents")
         self.vocab_size = tokenizer.get_vocab_size()
         decoder = _byte_decoder()
-        special = {tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+        special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special} | {self.bos_id}
         self.token_bytes = np.zeros(self.vocab_size, np.int32)
         for token, i in tokenizer.get_vocab().items():
             if i not in special:

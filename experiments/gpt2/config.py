@@ -1,0 +1,41 @@
+"""GPT-2 on the nanochat recipe's data, optimizer and islands; `model.init_from=<dir>` loads a HF checkpoint.
+
+CPU-sized by default (GPT-2 small is depth 12, width 768, 12 heads, 50,257 tokens, 1,024 positions).
+"""
+import sws
+
+from experiments.gpt2.hf import model_keys
+from experiments.nanochat.config import add_run_config, optimizer_schema
+from jaximus import UserError
+from jaximus.pretrained import add_checkpoint_defaults, check_against_checkpoint
+from jaximus.schema import integer, number, text
+
+__all__ = ["check_config", "config_schema", "get_config"]
+
+DEFAULTS = {"depth": 4, "width": 256, "n_head": 4, "vocab_size": 8192, "max_seq_len": 1024, "ln_eps": 1e-5}
+
+
+def get_config() -> sws.Config:
+    c = sws.Config()
+    c.model.compute_dtype = "float32"
+    c.model.init_std = 0.02  # transformers' initializer_range
+    add_run_config(c)
+    add_checkpoint_defaults(c, DEFAULTS, model_keys)
+    c.run.name = "gpt2"
+    return c
+
+
+def config_schema() -> dict:
+    return {"model.init_from": text(optional=True),
+            **{f"model.{k}": integer(1) for k in ("depth", "width", "n_head", "vocab_size", "max_seq_len")},
+            "model.ln_eps": number(0), "model.compute_dtype": text("float32", "bfloat16"), "model.init_std": number(0),
+            **optimizer_schema()}
+
+
+def check_config(cfg) -> None:
+    m = cfg.model
+    if m.width % m.n_head:
+        raise UserError(f"model.n_head={m.n_head}: must divide model.width={m.width}")
+    if cfg.data.seq_len > m.max_seq_len:
+        raise UserError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={m.max_seq_len} (learned positions)")
+    check_against_checkpoint(cfg, model_keys)

@@ -1,0 +1,59 @@
+"""A Llama-family model on the nanochat recipe's data, optimizer and islands, sized for a 2-core CPU.
+
+`model.init_from=<dir>` starts from a Hugging Face checkpoint (Llama, Mistral, Qwen2): every model.*
+key then defaults to the checkpoint's config.json and its tokenizer.json becomes the tokenizer, so
+`model.init_from=<dir>` alone is a complete config. An override that contradicts the checkpoint is a
+one-line error at start-up.
+"""
+import sws
+
+from experiments.llama.hf import ARCHITECTURES, model_keys
+from experiments.nanochat.config import add_run_config, optimizer_schema
+from jaximus import UserError
+from jaximus.pretrained import add_checkpoint_defaults, check_against_checkpoint
+from jaximus.schema import Spec, flag, integer, number, text
+
+__all__ = ["check_config", "config_schema", "get_config"]
+
+DEFAULTS = {"arch": "llama", "depth": 4, "width": 256, "n_head": 4, "n_kv_head": 2, "head_dim": 64,
+            "ffn_dim": 688,  # SwiGLU: about 8/3 x width, a multiple of 16 (Llama's rule of thumb)
+            "vocab_size": 8192, "max_seq_len": 2048, "rope_base": 500000.0,  # Llama 3's theta
+            "rope_scaling": None, "tie_embeddings": False, "qkv_bias": False, "rms_eps": 1e-5,
+            "sliding_window": None}
+
+
+def get_config() -> sws.Config:
+    c = sws.Config()
+    c.model.compute_dtype = "float32"
+    c.model.init_std = 0.02  # transformers' initializer_range
+    add_run_config(c)
+    add_checkpoint_defaults(c, DEFAULTS, model_keys)
+    c.optimizer.kind = "nanochat"  # nanochat: Muon for block matrices, AdamW elsewhere; adamw: AdamW for all
+    c.optimizer.adamw_lr = 3e-4  # optimizer.kind=adamw (Llama 2 7B's peak lr)
+    c.run.name = "llama"
+    return c
+
+
+def config_schema() -> dict:
+    return {
+        "model.init_from": text(optional=True), "model.arch": text(*ARCHITECTURES.values()),
+        **{f"model.{k}": integer(1) for k in ("depth", "width", "n_head", "n_kv_head", "ffn_dim", "vocab_size",
+                                              "max_seq_len")},
+        "model.head_dim": integer(2), "model.rope_base": number(1), "model.rope_scaling": Spec("dict", optional=True),
+        "model.tie_embeddings": flag(), "model.qkv_bias": flag(), "model.rms_eps": number(0),
+        "model.sliding_window": integer(1, optional=True), "model.compute_dtype": text("float32", "bfloat16"),
+        "model.init_std": number(0), "optimizer.kind": text("nanochat", "adamw"), "optimizer.adamw_lr": number(0),
+        **optimizer_schema(),
+    }
+
+
+def check_config(cfg) -> None:
+    m = cfg.model
+    if m.n_head % m.n_kv_head:
+        raise UserError(f"model.n_kv_head={m.n_kv_head}: must divide model.n_head={m.n_head}")
+    if m.head_dim % 2:
+        raise UserError(f"model.head_dim={m.head_dim}: must be even (rotary rotates pairs of dimensions)")
+    if m.sliding_window is not None and cfg.data.seq_len > m.sliding_window:
+        raise UserError(f"data.seq_len={cfg.data.seq_len} exceeds model.sliding_window={m.sliding_window}: sliding-window "
+                        "attention is not implemented; use data.seq_len <= the window")
+    check_against_checkpoint(cfg, model_keys)

@@ -1,0 +1,85 @@
+"""Write a run's outer parameters as a Hugging Face checkpoint that transformers loads.
+
+    python -m jaximus.export <run dir> [--step N] --out <dir>
+
+Reads the run's config.json (its experiment and model.* keys), the checkpoint at step N (the newest by
+default) and the run's tokenizer.json; writes model.safetensors, config.json and tokenizer.json. The
+global model is the outer parameters (the islands' own for sync DP, whose islands never differ); under
+eager updates, where islands briefly hold different outer copies, island 0's.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import jax
+import numpy as np
+
+from jaximus import UserError
+from jaximus.config import load_experiment
+from jaximus.pretrained import save_checkpoint
+
+
+def _namespace(d):
+    return SimpleNamespace(**{k: _namespace(v) if isinstance(v, dict) and k != "rope_scaling" else v
+                              for k, v in d.items()})
+
+
+def global_params(state: dict) -> dict:
+    """One island's copy of the model evaluation scores: the outer parameters, or the islands' own."""
+    params = state.get("outer", {}).get("params") or state["islands"]["params"]
+    return jax.tree.map(lambda x: np.asarray(x)[0], params)
+
+
+def restore_numpy(path: Path) -> dict:
+    """A saved TrainState as host numpy arrays, whatever devices wrote it."""
+    import absl.logging
+    import orbax.checkpoint as ocp
+    absl.logging.set_verbosity(absl.logging.ERROR)  # our checkpoints have no orbax _CHECKPOINT_METADATA file
+    checkpointer = ocp.PyTreeCheckpointer()
+    metadata = checkpointer.metadata(path.resolve()).item_metadata
+    tree = getattr(metadata, "tree", metadata)
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(path.resolve(), args=ocp.args.PyTreeRestore(restore_args=args))
+
+
+def export(run_dir, out, step: int | None = None) -> list[Path]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"{run_dir}: no config.json; give a run directory that train.py wrote")
+    saved = json.loads((run_dir / "config.json").read_text())
+    exp = load_experiment(saved["resolved"]["experiment"])
+    model = exp["model"]
+    if not hasattr(model, "pretrained_config"):
+        raise UserError(f"{run_dir}: its experiment ({saved['resolved']['experiment']}) has no Hugging Face "
+                        "architecture; export runs of experiments/llama or experiments/gpt2")
+    steps = sorted(int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit())
+    if not steps or (step is not None and step not in steps):
+        raise UserError(f"{run_dir / 'checkpoints'}: no checkpoint {'at step ' + str(step) if step is not None else ''}"
+                        f"(have {steps or 'none'})")
+    step = steps[-1] if step is None else step
+    state = restore_numpy(run_dir / "checkpoints" / str(step) / "state")
+    cfg = _namespace(saved)
+    tokenizer = run_dir / "tokenizer.json"
+    return save_checkpoint(out, global_params(state), model.pretrained_sources(cfg), model.pretrained_config(cfg),
+                           tokenizer if tokenizer.is_file() else None)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m jaximus.export", description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("--step", type=int)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    try:
+        written = export(args.run_dir, args.out, args.step)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
