@@ -3,6 +3,11 @@ state bytes per device, FLOPs per token, and cross-island bytes (payload and wir
 the HLO's, with the element types the cross-island collectives carry.
 
     python -m jaximus.inspect --config experiments/diloco_nanochat/config.py [--schemes a,b] [key=value ...]
+    python -m jaximus.inspect --config experiments/llama/config.py --params [key=value ...]
+
+--params prints the parameter tree instead: path, shape, dtype, partition spec in the island, bytes per
+device and count. In a notebook, `show_params(config_path, *overrides)` renders it with treescope
+when that is installed.
 """
 import argparse
 import json
@@ -71,6 +76,42 @@ def inspect_scheme(cfg, exp) -> dict:
             "overlap_steps": scheme.overlap_steps()}
 
 
+def param_rows(cfg, exp) -> list[dict]:
+    """One row per weight of one island: nothing is allocated or compiled."""
+    run = build(cfg, exp, purpose="compile")
+    rows = []
+    flat = jax.tree_util.tree_flatten_with_path(run.state.islands.params)[0]
+    for (path, x), sharding in zip(flat, jax.tree.leaves(run.shardings.islands.params)):
+        shard = sharding.shard_shape(x.shape)
+        rows.append({"path": jax.tree_util.keystr(path, simple=True, separator="."), "shape": tuple(x.shape[1:]),
+                     "dtype": str(x.dtype), "spec": str(jax.P(*tuple(sharding.spec)[1:])),
+                     "bytes_per_device": math.prod(shard[1:]) * x.dtype.itemsize, "count": math.prod(x.shape[1:])})
+    return rows
+
+
+def print_params(rows: list[dict]) -> None:
+    width = max(len(r["path"]) for r in rows)
+    print(f"{'path':{width}} {'shape':>18} {'dtype':>8} {'spec':>22} {'bytes/device':>13} {'count':>12}")
+    for r in rows:
+        print(f"{r['path']:{width}} {str(r['shape']):>18} {r['dtype']:>8} {r['spec']:>22} "
+              f"{r['bytes_per_device']:>13,} {r['count']:>12,}")
+    print(f"{'total':{width}} {'':>18} {'':>8} {'':>22} {sum(r['bytes_per_device'] for r in rows):>13,} "
+          f"{sum(r['count'] for r in rows):>12,}")
+
+
+def show_params(config_path: str, *overrides: str):
+    """In a notebook: the parameter tree as ShapeDtypeStructs with their shardings, rendered by treescope if
+    it is installed (printed as the --params table otherwise)."""
+    cfg, exp = load_config(config_path, list(overrides))
+    run = build(cfg, exp, purpose="compile")
+    try:
+        import treescope
+    except ImportError:
+        print_params(param_rows(cfg, exp))
+        return None
+    return treescope.show(run.state.islands.params)
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**20:,.2f} MiB"
 
@@ -80,9 +121,15 @@ def main(argv=None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--schemes", default=",".join(SCHEMES))
     ap.add_argument("--json", help="also write the reports to this file")
+    ap.add_argument("--params", action="store_true", help="print the parameter tree instead of the ledger")
     args, overrides = ap.parse_known_args(argv)
     try:
         base, exp = start(args.config, overrides)
+        if args.params:
+            rows = param_rows(base, exp)
+            if is_primary():
+                print_params(rows)
+            return 0
         reports = [inspect_scheme(load_config(args.config, [*overrides, f"outer.name='{name}'"])[0], exp)
                    for name in args.schemes.split(",")]
     except UserError as e:

@@ -66,8 +66,9 @@ def add_checkpoint_defaults(c, defaults: dict, model_keys) -> None:
     c.data.tokenizer_path = tokenizer
 
 
-def check_against_checkpoint(cfg, model_keys) -> None:
-    """With model.init_from: the checkpoint is readable and runnable, and no override contradicts it."""
+def check_against_checkpoint(cfg, model_keys, shapes: dict, sources: dict) -> None:
+    """With model.init_from, before JAX starts: the checkpoint is readable and runnable, no override contradicts
+    it, and its tensors have the shapes the model needs (shapes: the model's weight shapes, sources: the map)."""
     m = cfg.model
     if not m.init_from:
         return
@@ -76,6 +77,7 @@ def check_against_checkpoint(cfg, model_keys) -> None:
     if wrong:
         raise UserError(f"model.init_from={m.init_from}: the config differs from the checkpoint's: {', '.join(wrong)}; "
                         "drop those overrides")
+    check_shapes(m.init_from, sources, flat_shapes(shapes))
 
 
 class Checkpoint:
@@ -109,10 +111,18 @@ def _expected(source: Source, leaf_shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(shape)) if source.transpose else tuple(shape)
 
 
-def check_shapes(ckpt: Checkpoint, sources: dict, params) -> None:
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        source = sources[_key(path)]
-        want = _expected(source, leaf.shape)
+def flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+    """Dotted leaf path -> shape, for a tree of shape tuples or arrays."""
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, tuple))[0]
+    return {_key(path): tuple(getattr(leaf, "shape", leaf)) for path, leaf in flat}
+
+
+def check_shapes(directory, sources: dict, shapes: dict) -> None:
+    """Every tensor the model needs is in the checkpoint, with the shape it needs (shapes: see flat_shapes)."""
+    ckpt = directory if isinstance(directory, Checkpoint) else Checkpoint(directory)
+    for key, shape in shapes.items():
+        source = sources[key]
+        want = _expected(source, shape)
         for name in source.names():
             got = ckpt.shape(name)
             if got != want:
@@ -145,7 +155,7 @@ def _read_one(ckpt: Checkpoint, name: str, index: tuple, transpose: bool) -> np.
 def load_params(directory, sources: dict, params_R, shardings_R):
     """params (leaves (R, ...)) filled from the checkpoint, each device reading only its own shard."""
     ckpt = Checkpoint(directory)
-    check_shapes(ckpt, sources, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), params_R))
+    check_shapes(ckpt, sources, {k: s[1:] for k, s in flat_shapes(params_R).items()})
 
     def leaf(path, x, sharding):
         source = sources[_key(path)]

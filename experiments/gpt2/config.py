@@ -4,7 +4,8 @@ CPU-sized by default (GPT-2 small is depth 12, width 768, 12 heads, 50,257 token
 """
 import sws
 
-from experiments.gpt2.hf import model_keys
+from experiments.gpt2.hf import model_keys, sources
+from experiments.gpt2.model import weight_shapes
 from experiments.nanochat.config import add_run_config, optimizer_schema
 from jaximus import UserError
 from jaximus.pretrained import add_checkpoint_defaults, check_against_checkpoint
@@ -38,4 +39,4 @@ def check_config(cfg) -> None:
         raise UserError(f"model.n_head={m.n_head}: must divide model.width={m.width}")
     if cfg.data.seq_len > m.max_seq_len:
         raise UserError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={m.max_seq_len} (learned positions)")
-    check_against_checkpoint(cfg, model_keys)
+    check_against_checkpoint(cfg, model_keys, weight_shapes(cfg), sources(cfg))

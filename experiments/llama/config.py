@@ -7,7 +7,8 @@ one-line error at start-up.
 """
 import sws
 
-from experiments.llama.hf import ARCHITECTURES, model_keys
+from experiments.llama.hf import ARCHITECTURES, model_keys, sources
+from experiments.llama.model import weight_shapes
 from experiments.nanochat.config import add_run_config, optimizer_schema
 from jaximus import UserError
 from jaximus.pretrained import add_checkpoint_defaults, check_against_checkpoint
@@ -56,4 +57,4 @@ def check_config(cfg) -> None:
     if m.sliding_window is not None and cfg.data.seq_len > m.sliding_window:
         raise UserError(f"data.seq_len={cfg.data.seq_len} exceeds model.sliding_window={m.sliding_window}: sliding-window "
                         "attention is not implemented; use data.seq_len <= the window")
-    check_against_checkpoint(cfg, model_keys)
+    check_against_checkpoint(cfg, model_keys, weight_shapes(cfg), sources(cfg))
