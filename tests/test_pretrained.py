@@ -116,3 +116,11 @@ def test_bad_checkpoints_are_one_line(tmp_path, capsys, case, needle):
                      f"run.out_dir='{tmp_path / 'runs'}'"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_inspect_prints_the_parameter_tree(capsys):
+    from jaximus.inspect import main
+    assert main(["--config", LLAMA, f"model.init_from='{FIXTURES / 'llama'}'", *SMALL, "--params"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["blocks.q"][1:4] == ["(2,", "16,", "16)"] and rows["lm_head"][-1] == f"{16 * 300:,}"
+    assert int(rows["total"][-1].replace(",", "")) == 15_056  # the fixture's parameter count
