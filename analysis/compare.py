@@ -91,6 +91,11 @@ def _duration(seconds: float) -> str:
             return f"{seconds / size:.3g} {unit}"
 
 
+def _num(x: float) -> str:
+    """Three significant figures without exponents: 0.198, 37.2, 2,240."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def table(runs: list[Run], cluster: Cluster) -> tuple[str, list[str]]:
     """The markdown table and the warnings to print beside it."""
     reference, warnings = reference_of(runs)
@@ -103,15 +108,15 @@ def table(runs: list[Run], cluster: Cluster) -> tuple[str, list[str]]:
         ref_bpb = reference.evals[-1]["val/bpb"] if reference and reference.evals else None
         delta = f"{bpb - ref_bpb:+.4f}" if bpb is not None and ref_bpb is not None and run is not reference else "—"
         on_wire = reference is not None and reference.wire_bytes and run.wire_bytes
-        reduction = (f"{reference.wire_bytes / run.wire_bytes:.3g}x" if on_wire else
-                     f"{reference.bytes / run.bytes:.3g}x" if reference and run.bytes else "—")
-        wire = "—" if run.wire_bytes is None else f"{run.wire_bytes / MiB:,.3g}"
+        reduction = (f"{_num(reference.wire_bytes / run.wire_bytes)}x" if on_wire else
+                     f"{_num(reference.bytes / run.bytes)}x" if reference and run.bytes else "—")
+        wire = "—" if run.wire_bytes is None else _num(run.wire_bytes / MiB)
         run_flags = flags(run, reference)
         warnings += [f"{run.name}: {f}" for f in run_flags]
         lines.append(
             f"| {run.name} | {run.scheme} | {run.sync_every or '—'} | {run.steps} | {run.tokens:,} "
-            f"| {'—' if bpb is None else f'{bpb:.4f}'} | {delta} | {run.bytes / MiB:,.3g} | {wire} "
-            f"| {run.peak_step_bytes / MiB:,.3g} | {reduction} | {run.syncs} "
+            f"| {'—' if bpb is None else f'{bpb:.4f}'} | {delta} | {_num(run.bytes / MiB)} | {wire} "
+            f"| {_num(run.peak_step_bytes / MiB)} | {reduction} | {run.syncs} "
             f"| {_duration(p.wall_s)} | {p.utilization:.1%} | {p.utilization_overlap:.1%} | {'; '.join(run_flags)} |")
     return "\n".join(lines) + "\n", warnings
 
