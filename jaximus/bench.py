@@ -1,7 +1,8 @@
 """Benchmark the inner training step: tokens/s, step time, compile time and MFU.
 
-    python -m jaximus.bench [--config experiments/nanochat/config.py] [--meshes 1x1,4x2] [--steps 10]
-                            [--peer /path/to/torch/venv/bin/python] [key=value ...]
+    python -m jaximus.bench [--config experiments/diloco_nanochat/config.py] [--meshes 1x1,4x2,8x1]
+                            [--depths 2,4,6,8] [--dtypes float32,bfloat16] [--steps 10] [--rounds 3]
+                            [--peer /path/to/torch/venv/bin/python [--ns-dtype fp32]] [key=value ...]
 
 Each mesh runs in its own process (the fake device count is fixed per process). With --peer, the
 PyTorch peer (shared/bench/torch_gpt_peer.py) runs between them at the same shapes, fp32 and bf16,
@@ -10,6 +11,7 @@ so ratios come from one sitting.
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -20,37 +22,75 @@ from pathlib import Path
 PEER = Path(__file__).resolve().parents[2] / "shared" / "bench" / "torch_gpt_peer.py"
 
 
+def _timed(fn, steps: int) -> tuple[float, float]:
+    """(first call, median of the next `steps` calls) in seconds; fn blocks on its own result."""
+    t = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return first, statistics.median(times)
+
+
 def measure(config_path: str, overrides: list[str], steps: int) -> dict:
-    """Time `steps` inner steps on random tokens in this process (after one compile step)."""
+    """Time `steps` inner steps on random tokens in this process (after one compile step), then where a step's
+    time goes (forward, forward + backward), one sync of every group (DiLoCo's by default), and one
+    evaluation of eval.tokens; peak resident memory of the process at the end."""
     import jax
     import numpy as np
 
     from jaximus.accounting import mfu
     from jaximus.build import build, start
+    from jaximus.evaluate import val_sharding
+    from jaximus.islands import per_island
+    from jaximus.step import make_eval_step, make_loss_fn
 
     cfg, exp = start(config_path, overrides)
     rng = np.random.default_rng(0)
-    R, B, T = cfg.parallel.replica, cfg.data.batch_size, cfg.data.seq_len
+    R, B, T, V = cfg.parallel.replica, cfg.data.batch_size, cfg.data.seq_len, cfg.model.vocab_size
     with build(cfg, exp, purpose="measure") as run:
-        state = run.state
-        batches = [run.batch(rng.integers(0, cfg.model.vocab_size, (R, B // R, T + 1), dtype=np.int32))
-                   for _ in range(4)]
+        batches = [run.batch(rng.integers(0, V, (R, B // R, T + 1), dtype=np.int32)) for _ in range(4)]
         events = run.scheme.step_events(1)  # the inner step the loop runs (sync DP: the gradient mean)
-        t = time.perf_counter()
-        state, loss = run.step(state, batches[0], events)
-        jax.block_until_ready(loss)
-        first = time.perf_counter() - t
-        times = []
-        for i in range(steps):
-            t = time.perf_counter()
-            state, loss = run.step(state, batches[i % 4], events)
+        box = {"state": run.state, "i": 0}
+
+        def step():
+            box["state"], loss = run.step(box["state"], batches[box["i"] % 4], events)
+            box["i"] += 1
             jax.block_until_ready(loss)
-            times.append(time.perf_counter() - t)
-    step_s = statistics.median(times)
+
+        first, step_s = _timed(step, steps)
+        forward = exp["model"].make_model_forward(cfg)
+        loss_fn = make_loss_fn(forward)
+        params = box["state"].islands.params
+        phases = {}
+        for name, fn in (("forward", loss_fn), ("forward+backward", jax.grad(loss_fn))):
+            program = jax.jit(per_island(lambda p, b, f=fn: f(p, b), run.mesh))
+            phases[name] = _timed(lambda: jax.block_until_ready(program(params, batches[0])), steps)[1]
+        sync_s = None
+        groups = run.scheme.due(getattr(run.scheme, "every", 1), last=True)
+        if groups:
+            weights = np.full(R, 1 / R, np.float32)
+
+            def sync():
+                box["state"], metrics = run.sync(box["state"], groups, weights)
+                jax.block_until_ready(metrics)
+
+            sync_s = _timed(sync, 3)[1]
+        n = max(1, -(-cfg.eval.tokens // (B * T)))
+        rows = jax.device_put(rng.integers(0, V, (R, n, B // R, T + 1), dtype=np.int32), val_sharding(run.mesh))
+        evaluate = make_eval_step(forward, np.ones(V, np.int32), run.mesh)
+        eval_s = _timed(lambda: jax.block_until_ready(evaluate(run.scheme.global_params(box["state"]), rows)), 2)[1]
     fpt = run.perf["flops_per_token"]
     return {"impl": "jaximus", "mesh": f"{R}x{cfg.parallel.fsdp}", "dtype": cfg.model.compute_dtype,
-            "tokens_per_sec": B * T / step_s, "step_s": step_s, "compile_s": first - step_s,
-            "mfu": mfu(fpt, B * T / step_s, run.perf["peak"]), "flops_per_token": fpt}
+            "depth": cfg.model.depth, "tokens_per_sec": B * T / step_s, "step_s": step_s, "compile_s": first - step_s,
+            "first_step_s": first, "mfu": mfu(fpt, B * T / step_s, run.perf["peak"]), "flops_per_token": fpt,
+            "peak_flops": run.perf["peak"], "phases_s": phases, "sync_s": sync_s, "sync_groups": sorted(groups),
+            "eval_s": eval_s, "eval_tokens": n * B * T,
+            "eval_at_step_mfu_s": n * step_s / 3,  # its forward FLOPs (1/3 of a step's per token) at the step's rate
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
 def _child(config_path, overrides, steps) -> dict:
@@ -71,15 +111,50 @@ def _peer(python: str, script: str, cfg_overrides: list, amp: str, steps: int) -
             "step_s": stats["step_s"], "compile_s": stats["compile_overhead_s"], "mfu": None}
 
 
+def _row(r: dict) -> str:
+    mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
+    phases = r.get("phases_s") or {}
+    fwd, fb = phases.get("forward"), phases.get("forward+backward")
+    split = f"{1e3 * fwd:6.0f} {1e3 * (fb - fwd):6.0f} {1e3 * (r['step_s'] - fb):6.0f}" if fwd else f"{'-':>6} " * 3
+    sync = f"{r['sync_s'] / r['step_s']:5.2f}" if r.get("sync_s") else "    -"
+    evals = f"{r['eval_s'] / r['eval_at_step_mfu_s']:5.2f}" if r.get("eval_s") else "    -"
+    rss = f"{r['peak_rss_bytes'] / 2**20:7,.0f}" if r.get("peak_rss_bytes") else "      -"
+    return (f"{r['impl']:22} {r['mesh']:6} {r.get('depth', '-'):>5} {r['dtype']:9} {r['tokens_per_sec']:9,.0f} "
+            f"{1e3 * r['step_s']:8.0f} {mfu:>6} {split} {r['compile_s']:8.1f} {sync} {evals} {rss}")
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """The ratios the targets are stated in, from rows of one sitting (medians over rounds)."""
+    def tps(**match):
+        values = [r["tokens_per_sec"] for r in rows if all(r.get(k) == v for k, v in match.items())]
+        return statistics.median(values) if values else None
+
+    lines = []
+    for dtype in sorted({r["dtype"] for r in rows if r["impl"] == "jaximus"}):
+        for depth in sorted({r["depth"] for r in rows if r["impl"] == "jaximus" and r["dtype"] == dtype}):
+            one = tps(impl="jaximus", mesh="1x1", dtype=dtype, depth=depth)
+            for mesh in sorted({r["mesh"] for r in rows if r["impl"] == "jaximus"} - {"1x1"}):
+                other = tps(impl="jaximus", mesh=mesh, dtype=dtype, depth=depth)
+                if one and other:
+                    lines.append(f"{mesh} vs 1 device, {dtype}, depth {depth}: {other / one:.2f}x tokens/s")
+            peer = tps(impl="torch peer (compiled)", dtype="none" if dtype == "float32" else "bf16")
+            if one and peer:
+                lines.append(f"1 device vs the PyTorch peer, {dtype}, depth {depth}: {one / peer:.2f}x tokens/s")
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="experiments/nanochat/config.py")
-    ap.add_argument("--meshes", default="1x1,4x2", help="comma-separated replica x fsdp meshes")
-    ap.add_argument("--dtypes", default="float32,bfloat16", help="model.compute_dtype values to time")
+    ap.add_argument("--config", default="experiments/diloco_nanochat/config.py")
+    ap.add_argument("--meshes", default="1x1,4x2,8x1", help="comma-separated replica x fsdp meshes")
+    ap.add_argument("--dtypes", default="float32", help="model.compute_dtype values to time")
+    ap.add_argument("--depths", default="4", help="model.depth values to time")
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=1, help="alternate jaximus and peer this many times")
+    ap.add_argument("--rounds", type=int, default=1, help="alternate the implementations this many times")
     ap.add_argument("--peer", help="python of a venv with torch: also time the PyTorch peer")
     ap.add_argument("--peer-script", default=str(PEER), help="path of torch_gpt_peer.py")
+    ap.add_argument("--ns-dtype", default=None, help="the peer's Newton-Schulz dtype (fp32 on CPUs without bf16)")
+    ap.add_argument("--json", help="also write every row to this file")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args, overrides = ap.parse_known_args(argv)
     if args.child:
@@ -89,20 +164,29 @@ def main(argv=None):
     rows = []
     for _ in range(args.rounds):
         for dtype in args.dtypes.split(","):
-            for mesh in args.meshes.split(","):
-                r, f = mesh.split("x")
-                rows.append(_child(args.config, [f"parallel.replica={r}", f"parallel.fsdp={f}",
-                                                 f"model.compute_dtype={dtype}", *overrides], args.steps))
-                print(json.dumps(rows[-1]), flush=True)
-            if args.peer:
-                peer_args = ["--depth", "4", "--seq", "256", "--batch", "16", "--vocab", "8192"]
-                rows.append(_peer(args.peer, args.peer_script, peer_args, "none" if dtype == "float32" else "bf16", args.steps))
-                print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{'impl':24} {'mesh':10} {'dtype':9} {'tokens/s':>9} {'step ms':>8} {'compile s':>9} {'MFU':>6}")
+            for depth in args.depths.split(","):
+                for mesh in args.meshes.split(","):
+                    r, f = mesh.split("x")
+                    rows.append(_child(args.config, [f"parallel.replica={r}", f"parallel.fsdp={f}",
+                                                     f"model.compute_dtype={dtype}", f"model.depth={depth}", *overrides],
+                                       args.steps))
+                    print(json.dumps(rows[-1]), flush=True)
+                if args.peer:
+                    peer_args = ["--depth", depth, "--seq", "256", "--batch", "16", "--vocab", "8192",
+                                 *(["--ns-dtype", args.ns_dtype] if args.ns_dtype else [])]
+                    rows.append({**_peer(args.peer, args.peer_script, peer_args, "none" if dtype == "float32" else "bf16",
+                                         args.steps), "depth": int(depth)})
+                    print(json.dumps(rows[-1]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    print(f"\n{'impl':22} {'mesh':6} {'depth':>5} {'dtype':9} {'tokens/s':>9} {'step ms':>8} {'MFU':>6} "
+          f"{'fwd ms':>6} {'bwd ms':>6} {'opt ms':>6} {'compile':>8} {'sync':>5} {'eval':>5} {'RSS MiB':>7}")
     for r in rows:
-        mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
-        print(f"{r['impl']:24} {r['mesh']:10} {r['dtype']:9} {r['tokens_per_sec']:9,.0f} {1e3 * r['step_s']:8.0f} "
-              f"{r['compile_s']:9.1f} {mfu:>6}")
+        print(_row(r))
+    print("(sync: one sync program in inner steps; eval: an evaluation of eval.tokens over its forward FLOPs at the "
+          "step's rate; opt: the rest of the step, optimizer and update)")
+    for line in summary(rows):
+        print(line)
 
 
 if __name__ == "__main__":

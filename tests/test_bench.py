@@ -1,0 +1,17 @@
+"""The benchmark's figures, at the tiny size: every one it reports is there and consistent (not timed)."""
+from conftest import ROOT, TINY
+
+from jaximus.bench import measure, summary
+
+DILOCO = str(ROOT / "experiments" / "diloco_nanochat" / "config.py")
+
+
+def test_measure_reports_step_phases_sync_eval_and_memory():
+    r = measure(DILOCO, [*TINY, "outer.sync_every=2"], steps=2)
+    assert r["mesh"] == "4x2" and r["sync_groups"] == ["params"]
+    assert 0 < r["phases_s"]["forward"] < r["phases_s"]["forward+backward"]
+    assert r["step_s"] > 0 and r["sync_s"] > 0 and r["eval_s"] > 0 and r["first_step_s"] > r["step_s"]
+    assert r["tokens_per_sec"] == 16 * 32 / r["step_s"] and 0 < r["mfu"] < 1
+    assert r["eval_tokens"] == 1024 and r["peak_rss_bytes"] > 2**20
+    rows = [{**r, "mesh": "1x1", "tokens_per_sec": 2 * r["tokens_per_sec"]}, r]
+    assert summary(rows) == ["4x2 vs 1 device, float32, depth 2: 0.50x tokens/s"]
