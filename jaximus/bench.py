@@ -35,6 +35,23 @@ def _timed(fn, steps: int) -> tuple[float, float]:
     return first, statistics.median(times)
 
 
+def newton_schulz_flops(cfg, exp) -> int:
+    """FLOPs of one island's Muon Newton-Schulz per step: per matrix (m <= n) and iteration, X X^T (2 m^2 n),
+    the quintic's A A (2 m^3) and B X (2 m^2 n); 0 for an optimizer without Muon groups."""
+    import jax
+    import numpy as np
+    labels_of = getattr(exp["optimizer"], "param_labels", None)
+    if labels_of is None or not getattr(cfg.optimizer, "ns_steps", 0):
+        return 0
+    shapes = jax.eval_shape(lambda k: exp["model"].init_model_weights(cfg, k), jax.random.key(0))
+    total = 0
+    for leaf, label in zip(jax.tree.leaves(shapes), jax.tree.leaves(labels_of(shapes))):
+        if label == "muon" and leaf.ndim >= 2:
+            m, n = sorted(leaf.shape[-2:])
+            total += int(np.prod(leaf.shape[:-2])) * (4 * m * m * n + 2 * m ** 3)
+    return total * cfg.optimizer.ns_steps
+
+
 def measure(config_path: str, overrides: list[str], steps: int) -> dict:
     """Time `steps` inner steps on random tokens in this process (after one compile step), then where a step's
     time goes (forward, forward + backward), one sync of every group (DiLoCo's by default), and one
@@ -84,7 +101,9 @@ def measure(config_path: str, overrides: list[str], steps: int) -> dict:
         evaluate = make_eval_step(forward, np.ones(V, np.int32), run.mesh)
         eval_s = _timed(lambda: jax.block_until_ready(evaluate(run.scheme.global_params(box["state"]), rows)), 2)[1]
     fpt = run.perf["flops_per_token"]
-    return {"impl": "jaximus", "mesh": f"{R}x{cfg.parallel.fsdp}", "dtype": cfg.model.compute_dtype,
+    ns = newton_schulz_flops(cfg, exp)
+    return {"ns_flops_per_island": ns, "flops_rate_with_optimizer": (fpt * B * T + R * ns) / step_s,
+            "impl": "jaximus", "mesh": f"{R}x{cfg.parallel.fsdp}", "dtype": cfg.model.compute_dtype,
             "depth": cfg.model.depth, "tokens_per_sec": B * T / step_s, "step_s": step_s, "compile_s": first - step_s,
             "first_step_s": first, "mfu": mfu(fpt, B * T / step_s, run.perf["peak"]), "flops_per_token": fpt,
             "peak_flops": run.perf["peak"], "phases_s": phases, "sync_s": sync_s, "sync_groups": sorted(groups),
@@ -119,8 +138,9 @@ def _row(r: dict) -> str:
     sync = f"{r['sync_s'] / r['step_s']:5.2f}" if r.get("sync_s") else "    -"
     evals = f"{r['eval_s'] / r['eval_at_step_mfu_s']:5.2f}" if r.get("eval_s") else "    -"
     rss = f"{r['peak_rss_bytes'] / 2**20:7,.0f}" if r.get("peak_rss_bytes") else "      -"
+    rate = f"{r['flops_rate_with_optimizer'] / 1e9:8.0f}" if r.get("flops_rate_with_optimizer") else "       -"
     return (f"{r['impl']:22} {r['mesh']:6} {r.get('depth', '-'):>5} {r['dtype']:9} {r['tokens_per_sec']:9,.0f} "
-            f"{1e3 * r['step_s']:8.0f} {mfu:>6} {split} {r['compile_s']:8.1f} {sync} {evals} {rss}")
+            f"{1e3 * r['step_s']:8.0f} {mfu:>6} {rate} {split} {r['compile_s']:8.1f} {sync} {evals} {rss}")
 
 
 def summary(rows: list[dict]) -> list[str]:
@@ -137,7 +157,7 @@ def summary(rows: list[dict]) -> list[str]:
                 other = tps(impl="jaximus", mesh=mesh, dtype=dtype, depth=depth)
                 if one and other:
                     lines.append(f"{mesh} vs 1 device, {dtype}, depth {depth}: {other / one:.2f}x tokens/s")
-            peer = tps(impl="torch peer (compiled)", dtype="none" if dtype == "float32" else "bf16")
+            peer = tps(impl="torch peer (compiled)", dtype="none" if dtype == "float32" else "bf16", depth=depth)
             if one and peer:
                 lines.append(f"1 device vs the PyTorch peer, {dtype}, depth {depth}: {one / peer:.2f}x tokens/s")
     return lines
@@ -179,12 +199,13 @@ def main(argv=None):
                     print(json.dumps(rows[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
-    print(f"\n{'impl':22} {'mesh':6} {'depth':>5} {'dtype':9} {'tokens/s':>9} {'step ms':>8} {'MFU':>6} "
+    print(f"\n{'impl':22} {'mesh':6} {'depth':>5} {'dtype':9} {'tokens/s':>9} {'step ms':>8} {'MFU':>6} {'GFLOP/s':>8} "
           f"{'fwd ms':>6} {'bwd ms':>6} {'opt ms':>6} {'compile':>8} {'sync':>5} {'eval':>5} {'RSS MiB':>7}")
     for r in rows:
         print(_row(r))
-    print("(sync: one sync program in inner steps; eval: an evaluation of eval.tokens over its forward FLOPs at the "
-          "step's rate; opt: the rest of the step, optimizer and update)")
+    print("(MFU: model FLOPs over the matmul peak measured in the same process; GFLOP/s: model FLOPs plus every "
+          "island's Newton-Schulz FLOPs per second; opt: the step minus forward and backward; sync: one sync program "
+          "in inner steps; eval: an evaluation of eval.tokens over its forward FLOPs at the step's rate)")
     for line in summary(rows):
         print(line)
 

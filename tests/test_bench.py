@@ -15,3 +15,10 @@ def test_measure_reports_step_phases_sync_eval_and_memory():
     assert r["eval_tokens"] == 1024 and r["peak_rss_bytes"] > 2**20
     rows = [{**r, "mesh": "1x1", "tokens_per_sec": 2 * r["tokens_per_sec"]}, r]
     assert summary(rows) == ["4x2 vs 1 device, float32, depth 2: 0.50x tokens/s"]
+
+
+def test_newton_schulz_flops_count_every_muon_matrix(nanochat, tiny_cfg):
+    from jaximus.bench import newton_schulz_flops
+    cfg = tiny_cfg()  # depth 2, width 128: per layer four 128 x 128 attention matrices and the 128 x 512 MLP pair
+    per_iteration = 2 * (4 * 6 * 128**3 + 2 * (4 * 128 * 128 * 512 + 2 * 128**3))
+    assert newton_schulz_flops(cfg, nanochat) == 5 * per_iteration
