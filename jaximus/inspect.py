@@ -76,9 +76,8 @@ def inspect_scheme(cfg, exp) -> dict:
             "overlap_steps": scheme.overlap_steps()}
 
 
-def param_rows(cfg, exp) -> list[dict]:
-    """One row per weight of one island: nothing is allocated or compiled."""
-    run = build(cfg, exp, purpose="compile")
+def param_rows(run) -> list[dict]:
+    """One row per weight of one island of a run built to compile (nothing allocated or compiled)."""
     rows = []
     flat = jax.tree_util.tree_flatten_with_path(run.state.islands.params)[0]
     for (path, x), sharding in zip(flat, jax.tree.leaves(run.shardings.islands.params)):
@@ -102,12 +101,11 @@ def print_params(rows: list[dict]) -> None:
 def show_params(config_path: str, *overrides: str):
     """In a notebook: the parameter tree as ShapeDtypeStructs with their shardings, rendered by treescope if
     it is installed (printed as the --params table otherwise)."""
-    cfg, exp = load_config(config_path, list(overrides))
-    run = build(cfg, exp, purpose="compile")
+    run = build(*load_config(config_path, list(overrides)), purpose="compile")
     try:
         import treescope
     except ImportError:
-        print_params(param_rows(cfg, exp))
+        print_params(param_rows(run))
         return None
     return treescope.show(run.state.islands.params)
 
@@ -126,7 +124,7 @@ def main(argv=None) -> int:
     try:
         base, exp = start(args.config, overrides)
         if args.params:
-            rows = param_rows(base, exp)
+            rows = param_rows(build(base, exp, purpose="compile"))
             if is_primary():
                 print_params(rows)
             return 0

@@ -6,9 +6,9 @@ import sws
 
 from experiments.gpt2.hf import model_keys, sources
 from experiments.gpt2.model import weight_shapes
-from experiments.nanochat.config import add_run_config, optimizer_schema
+from experiments.nanochat.config import optimizer_schema, pretrained_config
 from jaximus import UserError
-from jaximus.pretrained import add_checkpoint_defaults, check_against_checkpoint
+from jaximus.pretrained import check_against_checkpoint
 from jaximus.schema import integer, number, text
 
 __all__ = ["check_config", "config_schema", "get_config"]
@@ -17,13 +17,7 @@ DEFAULTS = {"depth": 4, "width": 256, "n_head": 4, "vocab_size": 8192, "max_seq_
 
 
 def get_config() -> sws.Config:
-    c = sws.Config()
-    c.model.compute_dtype = "float32"
-    c.model.init_std = 0.02  # transformers' initializer_range
-    add_run_config(c)
-    add_checkpoint_defaults(c, DEFAULTS, model_keys)
-    c.run.name = "gpt2"
-    return c
+    return pretrained_config(DEFAULTS, model_keys, "gpt2")
 
 
 def config_schema() -> dict:

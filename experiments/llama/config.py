@@ -9,9 +9,9 @@ import sws
 
 from experiments.llama.hf import ARCHITECTURES, model_keys, sources
 from experiments.llama.model import weight_shapes
-from experiments.nanochat.config import add_run_config, optimizer_schema
+from experiments.nanochat.config import optimizer_schema, pretrained_config
 from jaximus import UserError
-from jaximus.pretrained import add_checkpoint_defaults, check_against_checkpoint
+from jaximus.pretrained import check_against_checkpoint
 from jaximus.schema import Spec, flag, integer, number, text
 
 __all__ = ["check_config", "config_schema", "get_config"]
@@ -24,14 +24,9 @@ DEFAULTS = {"arch": "llama", "depth": 4, "width": 256, "n_head": 4, "n_kv_head":
 
 
 def get_config() -> sws.Config:
-    c = sws.Config()
-    c.model.compute_dtype = "float32"
-    c.model.init_std = 0.02  # transformers' initializer_range
-    add_run_config(c)
-    add_checkpoint_defaults(c, DEFAULTS, model_keys)
+    c = pretrained_config(DEFAULTS, model_keys, "llama")
     c.optimizer.kind = "nanochat"  # nanochat: Muon for block matrices, AdamW elsewhere; adamw: AdamW for all
     c.optimizer.adamw_lr = 3e-4  # optimizer.kind=adamw (Llama 2 7B's peak lr)
-    c.run.name = "llama"
     return c
 
 

@@ -10,6 +10,7 @@ import sws
 
 from jaximus import UserError
 from jaximus.distributed import add_distributed_config
+from jaximus.pretrained import add_checkpoint_defaults
 from jaximus.schema import Spec, integer, number, text
 from outer_optimizers import add_outer_config
 
@@ -87,6 +88,18 @@ def add_run_config(c) -> sws.Config:
     c.log.every = 1
     c.wandb.mode = "auto"  # online | offline | disabled; auto = online only with an API key
     c.wandb.project = "jaximus"
+    return c
+
+
+def pretrained_config(defaults: dict, model_keys, run_name: str) -> sws.Config:
+    """The run keys plus model.init_from, with `defaults` (model.* keys) read from a Hugging Face checkpoint
+    when one is given (experiments/llama, experiments/gpt2)."""
+    c = sws.Config()
+    c.model.compute_dtype = "float32"
+    c.model.init_std = 0.02  # transformers' initializer_range
+    add_run_config(c)
+    add_checkpoint_defaults(c, defaults, model_keys)
+    c.run.name = run_name
     return c
 
 

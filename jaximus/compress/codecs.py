@@ -51,17 +51,15 @@ FORMATS = {f.name: f for f in (
 
 def round_to_grid(v, fmt: Format, key=None):
     """v (already in [-top, top]) onto the format's grid: nearest, or stochastic when key is given."""
+    if key is None and fmt.dtype is not None:
+        return v.astype(fmt.dtype).astype(jnp.float32)
+    if key is None and fmt.name.startswith("int"):
+        return jnp.round(v)
     grid = jnp.asarray(fmt.grid)
-    if key is None:
-        if fmt.dtype is not None:
-            return v.astype(fmt.dtype).astype(jnp.float32)
-        if fmt.name.startswith("int"):
-            return jnp.round(v)
-        hi = jnp.clip(jnp.searchsorted(grid, v), 1, len(fmt.grid) - 1)
-        lo_v, hi_v = grid[hi - 1], grid[hi]
-        return jnp.where(v - lo_v < hi_v - v, lo_v, hi_v)
     hi = jnp.clip(jnp.searchsorted(grid, v), 1, len(fmt.grid) - 1)
-    lo_v, hi_v = grid[hi - 1], grid[hi]
+    lo_v, hi_v = grid[hi - 1], grid[hi]  # the two grid values around v
+    if key is None:
+        return jnp.where(v - lo_v < hi_v - v, lo_v, hi_v)
     p_hi = (v - lo_v) / (hi_v - lo_v)
     return jnp.where(jax.random.uniform(key, v.shape) < p_hi, hi_v, lo_v)
 
