@@ -9,6 +9,8 @@ multiplied by the positional ones. `sweep.json` records the points and their out
 interrupted sweep is continued by running the same command again.
 """
 import argparse
+import contextlib
+import importlib.util
 import itertools
 import json
 import os
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -91,17 +94,20 @@ def plan(config: str, positional: list[str], grids: list[str]) -> list[dict]:
     effective = [_effective(p) for p in points]
     keys = {k for e in effective for k in e}
     varying = {k for k in keys if len({e.get(k) for e in effective}) > 1}
-    planned = []
-    for overrides in points:
+    return check_points(config, [{"name": point_name(o, varying), "overrides": o} for o in points])
+
+
+def check_points(config: str, points: list[dict]) -> list[dict]:
+    """Every point's config checked as train.py checks it (types, ranges, relations), and distinct names."""
+    for point in points:
         try:
-            load_config(config, overrides)  # every key's type, range and relations, as train.py checks them
+            load_config(config, point["overrides"])
         except UserError as e:
-            raise UserError(f"point {' '.join(overrides)}: {e}") from None
-        planned.append({"name": point_name(overrides, varying), "overrides": overrides})
-    names = [p["name"] for p in planned]
+            raise UserError(f"point {' '.join(point['overrides'])}: {e}") from None
+    names = [p["name"] for p in points]
     if len(set(names)) != len(names):
         raise UserError("two points got the same name; give each grid value a distinct spelling")
-    return planned
+    return points
 
 
 class Manifest:
@@ -137,18 +143,40 @@ class Manifest:
 
 
 class Runner:
-    def __init__(self, out: Path, config: str, manifest: Manifest, total: int):
-        self.out, self.config, self.manifest, self.total = out, config, manifest, total
+    """Runs points one after another (or `parallel` at once), each a train.py process; `inline` runs each
+    through train.main in this process instead, skipping JAX's start-up per point (tiny sizes, tests)."""
+
+    def __init__(self, out: Path, config: str, manifest: Manifest, total: int, inline: bool = False):
+        self.out, self.config, self.manifest, self.total, self.inline = out, config, manifest, total, inline
         self.children, self.stopping, self.lock = set(), 0, threading.Lock()
 
     def say(self, index: int, name: str, text: str):
         print(f"[{index}/{self.total}] {name}: {text}", flush=True)
 
+    def _train(self, command: list[str], log: Path) -> int:
+        with open(log, "a") as f:
+            if self.inline:
+                with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                    try:
+                        code = _train_main()(command[2:])
+                    except Exception:  # a crash fails this point, as a crashed process would
+                        traceback.print_exc()
+                        code = 1
+                self.stopping = self.stopping or (code - 128 if code > 128 else 0)
+                return code
+            child = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            with self.lock:
+                self.children.add(child)
+            code = child.wait()
+            with self.lock:
+                self.children.discard(child)
+            return code
+
     def run(self, index: int, point: dict) -> int:
         name = point["name"]
         if (self.out / name / "summary.json").is_file() or (self.manifest.done(name) and (self.out / name).is_dir()):
             self.say(index, name, "finished earlier, skipped")
-            self.manifest.record(name, state="done", skipped=True)
+            self.manifest.record(name, state="done", skipped=True, **_seconds(self.manifest, name))
             return 0
         if self.stopping:
             return 128 + self.stopping
@@ -158,13 +186,7 @@ class Runner:
         self.say(index, name, f"running, log in {log}")
         self.manifest.record(name, state="running", command=command)
         start = time.perf_counter()
-        with open(log, "a") as f:
-            child = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-            with self.lock:
-                self.children.add(child)
-            code = child.wait()
-            with self.lock:
-                self.children.discard(child)
+        code = self._train(command, log)
         seconds = round(time.perf_counter() - start, 1)
         if code == 0:
             summary = self.out / name / "summary.json"
@@ -186,30 +208,39 @@ class Runner:
                 child.send_signal(signum)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.sweep", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--config", required=True, help="experiments/<exp>/config.py")
-    parser.add_argument("--out", required=True, help="sweep directory: one run per point, sweep.json, logs/")
-    parser.add_argument("--grid", action="append", default=[], help='another grid, e.g. "outer.name=sync"')
-    parser.add_argument("--parallel", type=int, default=1, help="points run at once (default 1)")
-    parser.add_argument("overrides", nargs="*", help="key=value or key=v1,v2 (a grid axis)")
-    args = parser.parse_args(argv)
+def _train_main():
+    spec = importlib.util.spec_from_file_location("jaximus_train", TRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _seconds(manifest: Manifest, name: str) -> dict:
+    """A skipped point keeps the training time it was recorded with."""
+    seconds = manifest.data["status"].get(name, {}).get("seconds")
+    return {} if seconds is None else {"seconds": seconds}
+
+
+def run_sweep(out: Path, config: str, points: list[dict], parallel: int = 1, inline: bool = False) -> int:
+    """Run the checked points into `out` (skipping finished ones); 0, 1 when a point failed, 2 on bad input,
+    128 + signal when interrupted."""
     try:
-        if args.parallel < 1:
-            raise UserError(f"--parallel={args.parallel}: must be >= 1")
-        points = plan(args.config, args.overrides, args.grid)
-        out = Path(args.out)
         (out / "logs").mkdir(parents=True, exist_ok=True)
-        manifest = Manifest(out, args.config, points)
+        manifest = Manifest(out, config, points)
     except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    runner = Runner(out, args.config, manifest, len(points))
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, runner.stop)
-    with ThreadPoolExecutor(args.parallel) as pool:
-        codes = list(pool.map(runner.run, range(1, len(points) + 1), points))
+    runner = Runner(out, config, manifest, len(points), inline)
+    previous = {signum: signal.signal(signum, runner.stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if inline or parallel == 1:  # train.main installs signal handlers: only the main thread may
+            codes = [runner.run(i, p) for i, p in enumerate(points, 1)]
+        else:
+            with ThreadPoolExecutor(parallel) as pool:
+                codes = list(pool.map(runner.run, range(1, len(points) + 1), points))
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if runner.stopping:
         print("sweep interrupted; run the same command again to resume it", file=sys.stderr)
         return 128 + runner.stopping
@@ -220,6 +251,27 @@ def main(argv=None) -> int:
         return 1
     print(f"sweep done: {len(points)} runs in {out}")
     return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.sweep", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--config", required=True, help="experiments/<exp>/config.py")
+    parser.add_argument("--out", required=True, help="sweep directory: one run per point, sweep.json, logs/")
+    parser.add_argument("--grid", action="append", default=[], help='another grid, e.g. "outer.name=sync"')
+    parser.add_argument("--parallel", type=int, default=1, help="points run at once (default 1)")
+    parser.add_argument("--inline", action="store_true", help="run the points in this process, one after another "
+                        "(no JAX start-up per point: for tiny sizes)")
+    parser.add_argument("overrides", nargs="*", help="key=value or key=v1,v2 (a grid axis)")
+    args = parser.parse_args(argv)
+    try:
+        if args.parallel < 1:
+            raise UserError(f"--parallel={args.parallel}: must be >= 1")
+        points = plan(args.config, args.overrides, args.grid)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return run_sweep(Path(args.out), args.config, points, args.parallel, args.inline)
 
 
 if __name__ == "__main__":

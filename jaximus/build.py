@@ -16,6 +16,7 @@ from jaximus.checkpoint import Checkpointer, check_resume, clear
 from jaximus.config import check_config, check_writable, finalize_config, load_experiment
 from jaximus.data.loader import TrainLoader, validation_rows
 from jaximus.data.sources import open_source
+from jaximus.data.split import island_owner, island_topics
 from jaximus.data.tokenizer import load_tokenizer
 from jaximus.distributed import (
     barrier,
@@ -148,8 +149,10 @@ def _for_training(cfg, exp, run_dir, resuming, forward, allocate, abstract, part
     barrier("tokenizer")  # process 0 trains and caches it; the others read the cache
     tokenizer = tokenizer or load_tokenizer(source, cfg.data, cfg.model.vocab_size)
     val_rows = validation_rows(source, tokenizer, T, B * math.ceil(cfg.eval.tokens / (B * T)))
+    owner = island_owner(source, cfg.data.island_split, R)
     parts["info"].update({"corpus": source.name, "corpus_fingerprint": source.fingerprint,
-                          "tokenizer_vocab": tokenizer.vocab_size})
+                          "tokenizer_vocab": tokenizer.vocab_size,
+                          "island_topics": island_topics(source, owner, R)})
     say(f"jaximus: {parts['info']['params']:,} params | {R} islands x {cfg.parallel.fsdp} devices "
         f"({cfg.parallel.strategy}) | outer {parts['scheme'].name} | {parts['perf']['tokens_per_step']:,} "
         f"tokens/step | peak {parts['info']['peak_source']} | run dir {run_dir}")
@@ -178,7 +181,7 @@ def _for_training(cfg, exp, run_dir, resuming, forward, allocate, abstract, part
     islands = local_islands(mesh)
     positions = [progress.positions[r] for r in islands] if progress.positions else None
     loader = TrainLoader(source, tokenizer, T, B // R, islands, R, prefetch=cfg.data.prefetch,
-                         state={"positions": positions} if positions else None)
+                         state={"positions": positions} if positions else None, owner=owner)
     val_batches = replicated_input(split_val_rows(val_rows, R, B), val_sharding(mesh))
     return Run(state=state, evaluate=evaluate, val_batches=val_batches, loader=loader, logger=logger,
                checkpointer=checkpointer, progress=progress,

@@ -109,6 +109,9 @@ def check_config(cfg) -> None:
     if d.batch_size % islands_devices:
         raise UserError(f"data.batch_size={d.batch_size}: must split evenly over {p.replica} islands x {p.fsdp} "
                         f"devices; use a multiple of {islands_devices}")
+    if d.island_split == "topic" and d.source != "embedded":
+        raise UserError(f"data.island_split=topic with data.source={d.source}: topics are the embedded corpus's "
+                        "stdlib packages; use data.source=embedded or data.island_split=iid")
     if d.seq_len > cfg.model.max_seq_len:
         raise UserError(f"data.seq_len={d.seq_len}: must be between 1 and model.max_seq_len="
                         f"{cfg.model.max_seq_len}; lower data.seq_len or raise model.max_seq_len")

@@ -114,6 +114,7 @@ SCHEMA = {
     "data.tokenizer_train_chars": integer(1),
     "data.cache_dir": text(),
     "data.prefetch": integer(1),
+    "data.island_split": text("iid", "topic"),
     "parallel.replica": integer(1),
     "parallel.fsdp": integer(1),
     "parallel.strategy": text("fsdp", "dp"),

@@ -8,10 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import NANOCHAT
 
 from jaximus import UserError
+from jaximus.build import load_config
 from jaximus.data.loader import IslandStream, TrainLoader, validation_rows
 from jaximus.data.sources import EmbeddedCorpus, is_val, open_source, train_rank
+from jaximus.data.split import island_owner, island_topics
 from jaximus.data.tokenizer import load_tokenizer
 from jaximus.evaluate import bits_per_byte, evaluate, split_val_rows, val_sharding
 from jaximus.mesh import make_mesh
@@ -154,3 +157,24 @@ def test_bits_per_byte_hand_computed():
     assert out["val/bpb"] == pytest.approx(byte_targets * math.log(4) / (math.log(2) * nbytes), rel=1e-6)
     assert out["val/loss"] == pytest.approx(math.log(4), rel=1e-6)
     assert bits_per_byte(math.log(2) * 10, 5) == pytest.approx(2.0)
+
+
+def test_topic_split_gives_islands_whole_packages(corpus):
+    owner = island_owner(corpus, "topic", 4)
+    chars, pairs = [0] * 4, set()
+    for k, (topic, _, n) in enumerate(corpus.topics()):
+        if not is_val(k):
+            chars[owner(k)] += n
+            pairs.add((topic, owner(k)))
+    topics = {t for t, _ in pairs}
+    assert len(pairs) <= len(topics) + 3  # contiguous cuts: at most R - 1 packages straddle two islands
+    assert max(chars) / min(chars) < 1.3  # balanced by characters
+    found = island_topics(corpus, owner, 4)
+    assert ["test"] in found and any("email" in f for f in found)  # the test suite fills islands of its own
+    iid = island_owner(corpus, "iid", 4)
+    assert {iid(k) for k in range(200) if not is_val(k)} == {0, 1, 2, 3}
+
+
+def test_topic_split_needs_the_embedded_corpus():
+    with pytest.raises(UserError, match="island_split=topic with data.source=files"):
+        load_config(NANOCHAT, ["data.source='files'", "data.files='x.txt'", "data.island_split='topic'"])

@@ -1,7 +1,7 @@
 """Pack each island's document stream into rows of seq_len + 1 tokens; resumable; prefetched.
 
-Training document k (by rank among training documents) belongs to island rank % R, so islands see
-disjoint data. A stream's position is (epoch, raw document index, token offset): three ints.
+Training document k belongs to island owner(k) (jaximus/data/split.py: by default rank % R among
+training documents), so islands see disjoint data. A stream's position is (epoch, raw document index, token offset): three ints.
 """
 import queue
 import threading
@@ -17,15 +17,16 @@ ENCODE_CHUNK = 64  # documents per encode_batch call
 class IslandStream:
     """Tokens of one island's documents, BOS-prefixed and concatenated, epoch after epoch."""
 
-    def __init__(self, source, tokenizer, island: int, num_islands: int, position=(0, 0, 0)):
+    def __init__(self, source, tokenizer, island: int, num_islands: int, position=(0, 0, 0), owner=None):
         self.source, self.tokenizer = source, tokenizer
         self.island, self.num_islands = island, num_islands
+        self.owner = owner or (lambda k: train_rank(k) % num_islands)
         self.epoch, self.doc, self.offset = position
         self._pending: list[tuple[int, np.ndarray]] = []  # encoded documents from self.doc on
         self._docs = None
 
     def _mine(self, k: int) -> bool:
-        return not is_val(k) and train_rank(k) % self.num_islands == self.island
+        return not is_val(k) and self.owner(k) == self.island
 
     def _refill(self):
         texts, idx = [], []
@@ -73,10 +74,10 @@ class TrainLoader:
     """Batches of shape (islands, rows, seq_len + 1), prefetched on a thread; state() matches what was consumed."""
 
     def __init__(self, source, tokenizer, seq_len: int, rows_per_island: int, islands: list[int],
-                 num_islands: int, state: dict | None = None, prefetch: int = 2):
+                 num_islands: int, state: dict | None = None, prefetch: int = 2, owner=None):
         self.islands = list(islands)
         positions = state["positions"] if state else [(0, 0, 0)] * len(islands)
-        self.streams = [IslandStream(source, tokenizer, r, num_islands, tuple(p)) for r, p in zip(islands, positions)]
+        self.streams = [IslandStream(source, tokenizer, r, num_islands, tuple(p), owner) for r, p in zip(islands, positions)]
         self.row_tokens, self.rows = seq_len + 1, rows_per_island
         self._state = {"positions": [s.position() for s in self.streams]}
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))

@@ -34,6 +34,7 @@ class EmbeddedCorpus:
         files = [p for p in root.rglob("*.py") if "site-packages" not in p.parts and p.is_file()]
         keyed = sorted((hashlib.sha1(str(p.relative_to(root)).encode()).hexdigest(), p) for p in files)
         self.texts = [p.read_text(encoding="utf-8", errors="replace") for _, p in keyed]
+        self.paths = [str(p.relative_to(root)) for _, p in keyed]
         digest = hashlib.sha256(f"python-{sys.version_info[:3]}".encode())
         for text in self.texts:
             digest.update(hashlib.sha1(text.encode()).digest())
@@ -43,6 +44,11 @@ class EmbeddedCorpus:
     def documents(self, start: int = 0) -> Iterator[tuple[int, str]]:
         for k in range(start, len(self.texts)):
             yield k, self.texts[k]
+
+    def topics(self) -> list[tuple[str, str, int]]:
+        """(topic, path, characters) per document: a topic is a stdlib package (`email`, `test`) or, for a
+        top-level module, the standard library's own top level."""
+        return [(Path(p).parts[0] if len(Path(p).parts) > 1 else "", p, len(t)) for p, t in zip(self.paths, self.texts)]
 
 
 class DatasetsSource:

@@ -1,0 +1,224 @@
+"""The DiLoCo family's published findings as sweeps at laptop scale, each with the rule that judges it.
+
+Every reproduction trains `experiments/diloco_nanochat` at SIZE (2 layers, 2,048 tokens per step, 150
+steps) on 4 islands x 2 fake devices unless its points say otherwise, so all points use the same 8
+devices and a point two reproductions share (`dp`, `diloco`) runs once. Findings and numbers are from
+../shared/reference/ALGORITHMS.md sections 2 and 4.
+"""
+from dataclasses import dataclass, field
+from typing import Callable
+
+# Laptop scale: about a minute per point on 2 cores. Scale up with key=value (model.depth=6 max_steps=2000).
+SIZE = ("model.depth=2", "data.seq_len=128", "data.batch_size=16", "max_steps=150", "eval.every=25",
+        "eval.tokens=16384", "checkpoint.every=50")
+SEEDS = (42, 43, 44, 45, 46, 47, 48, 49)  # the preset's seed first (nanochat: 42)
+# "Costs little": 2% of val bpb, the scale the DiLoCo paper calls "only" (H = 1,000 vs 50: 2.9% perplexity)
+LITTLE = 0.02
+
+DP = ("outer.name='sync'",)
+NESTEROV = "outer.optimizer='sgd' outer.nesterov=True"
+
+
+@dataclass(frozen=True)
+class Point:
+    label: str  # its run directory and its name in tables and figures
+    overrides: tuple[str, ...] = ()
+    seeds: int = 1  # how many seeds by default; --seeds N sets every point's
+    what: str = ""
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    name: str
+    paper: str
+    finding: str
+    points: tuple[Point, ...]
+    judge: Callable  # judge(Results) -> (what we measured, verdict)
+    minutes: float  # CPU time at the default size on 2 cores (measured; see docs/reproductions)
+    reference: str = "dp"  # the point others are compared against in the table
+    notes: str = ""
+    keys: tuple[str, ...] = field(default=())  # keys the points vary (a user override of one is refused)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+# Seed-to-seed spread comes from these twins: the control and the preset, each trained from two seeds.
+NOISE = (Point("dp", DP, seeds=2, what="sync data-parallel"),
+         Point("diloco", (), seeds=2, what="DiLoCo, the preset (H = 10, tuned outer Nesterov)"))
+
+
+# ---------- judging ----------
+
+VERDICTS = ("reproduced", "not reproduced", "inconclusive (within seed noise)")
+
+
+def lower(r, a: str, b: str) -> int:
+    """+1 if a's bpb is below b's by more than the seed spread, -1 if above by more, 0 within it."""
+    d = r.bpb(b) - r.bpb(a)
+    return 0 if abs(d) <= r.noise else (1 if d > 0 else -1)
+
+
+def close(r, a: str, b: str, tolerance: float = LITTLE) -> int:
+    """+1 if a is within `tolerance` (relative) or the seed spread of b, -1 if worse by more than both."""
+    return 1 if r.bpb(a) - r.bpb(b) <= max(r.noise, tolerance * r.bpb(b)) else -1
+
+
+def combine(parts: list[int]) -> str:
+    """All parts hold -> reproduced; any contradicted -> not reproduced; otherwise inconclusive."""
+    if any(p < 0 for p in parts):
+        return VERDICTS[1]
+    return VERDICTS[0] if all(p > 0 for p in parts) else VERDICTS[2]
+
+
+def _gap(r, a: str, b: str) -> str:
+    return f"{a} {r.bpb(a):.4f} vs {b} {r.bpb(b):.4f} ({r.bpb(a) - r.bpb(b):+.4f})"
+
+
+def judge_scaling_m(r):
+    parts = [1 if r.bpb("m1") - r.bpb("dp") <= r.noise else -1]
+    parts += [lower(r, a, b) for a, b in (("m1", "m2"), ("m2", "m4"), ("m4", "m8"))]
+    gaps = ", ".join(f"M={m} {r.bpb(f'm{m}') - r.bpb('dp'):+.4f}" for m in (1, 2, 4, 8))
+    return f"gap to DP: {gaps}", combine(parts)
+
+
+def judge_sync_every(r):
+    hs = (5, 10, 25, 50, 100)
+    labels = [f"h{h}" if h != 10 else "diloco" for h in hs]
+    per_sync = [r.bytes(lab) / r.syncs(lab) for lab in labels]
+    one_over_h = all(abs(b / per_sync[0] - 1) < 0.01 for b in per_sync)  # bytes = syncs x one full payload
+    parts = [1 if one_over_h else -1]
+    parts += [-1 if lower(r, b, a) > 0 else 1 for a, b in zip(labels, labels[1:])]  # never better at larger H
+    parts.append(close(r, labels[-1], labels[0], tolerance=0.1))  # graceful: H x 20 costs under 10%
+    bytes_text = ", ".join(f"H={h} {r.bytes(lab) / 2**20:.1f}" for h, lab in zip(hs, labels))
+    bpb_text = ", ".join(f"H={h} {r.bpb(lab):.4f}" for h, lab in zip(hs, labels))
+    return f"bpb {bpb_text} (DP {r.bpb('dp'):.4f}); MiB per island {bytes_text}", combine(parts)
+
+
+def judge_outer_opt(r):
+    grid = [p for p in r.labels if p.startswith("nesterov")]
+    best = min(grid, key=r.bpb)
+    parts = [lower(r, best, "sgd_avg"), lower(r, best, "adam")]
+    band = [p for p in grid if r.bpb(p) - r.bpb(best) <= r.noise]
+    return (f"best Nesterov {best} {r.bpb(best):.4f}; averaging {r.bpb('sgd_avg'):.4f}; Adam {r.bpb('adam'):.4f}; "
+            f"within seed noise of the best: {', '.join(band)}"), combine(parts)
+
+
+def judge_desloc(r):
+    ratio = r.bytes("desloc") / r.bytes("local_adam")
+    parts = [1 if 0.35 <= ratio <= 0.65 else -1, close(r, "desloc", "local_adam")]
+    return (f"DES-LOC sends {ratio:.2f}x Local Adam's bytes; {_gap(r, 'desloc', 'local_adam')}; "
+            f"DiLoCo {r.bpb('diloco'):.4f}"), combine(parts)
+
+
+def judge_streaming(r):
+    steps = ("streaming", "streaming_overlap", "streaming_overlap_fp4")
+    parts = [close(r, s, "diloco") for s in steps] + [lower(r, "eager", "naive_delayed")]
+    costs = ", ".join(f"{s} {r.bpb(s) - r.bpb('diloco'):+.4f}" for s in steps)
+    return f"vs DiLoCo: {costs}; {_gap(r, 'eager', 'naive_delayed')}", combine(parts)
+
+
+def judge_compression(r):
+    parts = [close(r, "int8", "diloco"), close(r, "fp4", "diloco"), lower(r, "topk_ef", "topk")]
+    wire = ", ".join(f"{p} {r.wire(p) / r.wire('diloco'):.3f}" for p in ("int8", "fp4", "topk_ef"))
+    return (f"vs none: int8 {r.bpb('int8') - r.bpb('diloco'):+.4f}, fp4 {r.bpb('fp4') - r.bpb('diloco'):+.4f}; "
+            f"{_gap(r, 'topk_ef', 'topk')}; wire bytes vs none: {wire}"), combine(parts)
+
+
+def judge_non_iid(r):
+    return (f"{_gap(r, 'diloco_topic', 'diloco')}; DP {r.bpb('dp'):.4f}"), combine([close(r, "diloco_topic", "diloco")])
+
+
+def judge_dropout(r):
+    labels = ["diloco", "dropout_10", "dropout_25", "dropout_50"]
+    parts = [close(r, lab, "diloco") for lab in labels[1:]]
+    text = ", ".join(f"{p.split('_')[-1] if '_' in p else '0'}% {r.bpb(p) - r.bpb('diloco'):+.4f}" for p in labels[1:])
+    return f"vs no dropout ({r.bpb('diloco'):.4f}): {text}", combine(parts)
+
+
+# ---------- the reproductions ----------
+
+def _nesterov_grid():
+    return tuple(Point(f"nesterov_lr-{lr}_mom-{mom}", _split(f"{NESTEROV} outer.lr={lr} outer.momentum={mom}"),
+                       seeds=2 if (lr, mom) == (0.7, 0.9) else 1, what=f"Nesterov lr {lr}, momentum {mom}")
+                 for lr in (0.4, 0.7, 1.0) for mom in (0.6, 0.9))
+
+
+def _islands(m: int, lr: float) -> Point:
+    return Point(f"m{m}", _split(f"parallel.replica={m} parallel.fsdp={8 // m} outer.lr={lr}"),
+                 what=f"DiLoCo, {m} island(s) x {8 // m} devices, outer lr {lr}")
+
+
+REPRODUCTIONS = {r.name: r for r in (
+    Reproduction(
+        "outer_opt", "DiLoCo 2311.08105; Scaling Laws for DiLoCo 2503.09799",
+        "Outer Nesterov beats plain parameter averaging (SGD lr 1) and outer Adam; good outer lrs form a band "
+        "(about 0.6 at M = 4, H = 30).",
+        (*_nesterov_grid(),
+         Point("sgd_avg", _split("outer.optimizer='sgd' outer.lr=1.0 outer.momentum=0.0 outer.nesterov=False"),
+               what="outer SGD lr 1, no momentum: parameter averaging (FedAvg)"),
+         Point("adam", _split("outer.optimizer='adam' outer.lr=0.003 outer.optimizer_kwargs={'b1':0.9,'b2':0.95}"),
+               what="outer Adam lr 3e-3, betas (0.9, 0.95)")),
+        judge_outer_opt, minutes=10, reference="nesterov_lr-0.7_mom-0.9",
+        keys=("outer.optimizer", "outer.lr", "outer.momentum", "outer.nesterov", "outer.optimizer_kwargs")),
+    Reproduction(
+        "scaling_m", "Scaling Laws for DiLoCo 2503.09799 (Table 4)",
+        "At equal tokens and global batch, DiLoCo with M = 1 is at or below DP's loss, and the gap to DP grows "
+        "with M = 2, 4, 8.",
+        (*NOISE, _islands(1, 0.4), _islands(2, 0.6), _islands(4, 0.6), _islands(8, 0.8)),
+        judge_scaling_m, minutes=8, notes="Outer lr per M is the paper's best at H = 30: 0.4, 0.6, 0.6, 0.8.",
+        keys=("parallel.replica", "parallel.fsdp", "outer.lr")),
+    Reproduction(
+        "sync_every", "DiLoCo 2311.08105",
+        "Loss degrades gracefully as H grows from 5 to 100 (never better at a larger H; H = 100 within 10% of "
+        "H = 5) while the bytes fall as 1/H.",
+        (*NOISE, *(Point(f"h{h}", (f"outer.sync_every={h}",), what=f"DiLoCo H = {h}") for h in (5, 25, 50, 100))),
+        judge_sync_every, minutes=8, keys=("outer.sync_every",)),
+    Reproduction(
+        "desloc", "DES-LOC 2505.22549; Local Adam 2409.13155",
+        "DES-LOC (K_u = 3 K_x, K_v = 6 K_x) reaches about Local Adam's loss with about half its bytes.",
+        (*NOISE, Point("desloc", ("outer.name='desloc'",), what="DES-LOC, K_x = 10, ADOPT inner"),
+         Point("local_adam", ("outer.name='local_adam'", "optimizer.adam='adopt'"),
+               what="Local Adam, K = 10: parameters and both moments averaged, ADOPT inner")),
+        judge_desloc, minutes=5, keys=("outer.name", "optimizer.adam")),
+    Reproduction(
+        "streaming", "Streaming DiLoCo 2501.18512; Eager updates 2502.12996",
+        "Fragments, a tau = 1 overlap and FP4 pseudo-gradients each cost little loss against DiLoCo; eager "
+        "updates beat the naive delayed outer step.",
+        (*NOISE,
+         Point("streaming", _split("outer.name='streaming_diloco' outer.fragments=2 outer.overlap_steps=0"),
+               what="2 strided fragments, no overlap"),
+         Point("streaming_overlap", _split("outer.name='streaming_diloco' outer.fragments=2 outer.overlap_steps=1"),
+               what="2 fragments, tau = 1"),
+         Point("streaming_overlap_fp4", _split("outer.name='streaming_diloco' outer.fragments=2 outer.overlap_steps=1 "
+                                               "outer.compress.format='fp4_e3m0'"), what="2 fragments, tau = 1, FP4 E3M0"),
+         Point("naive_delayed", _split("outer.name='streaming_diloco' outer.fragments=1 outer.overlap_steps=10"),
+               what="the whole round overlapped, stale mean applied (naive delay)"),
+         Point("eager", ("outer.eager=True",), what="the whole round overlapped, eager updates")),
+        judge_streaming, minutes=7,
+        keys=("outer.name", "outer.fragments", "outer.overlap_steps", "outer.compress.format", "outer.eager")),
+    Reproduction(
+        "compression", "Streaming DiLoCo 2501.18512; MuLoCo 2505.23725; SparseLoCo 2508.15706",
+        "4-bit (and 8-bit) pseudo-gradients are about lossless; chunked top-k needs error feedback.",
+        (*NOISE, Point("int8", ("outer.compress.format='int8'",), what="int8, block 128"),
+         Point("fp4", ("outer.compress.format='fp4_e2m1'",), what="FP4 E2M1, block 128"),
+         Point("topk", _split("outer.compress.format='topk' outer.compress.error_feedback=False"),
+               what="top-64 of 4,096, 2-bit values, no error feedback"),
+         Point("topk_ef", _split("outer.compress.format='topk' outer.compress.error_feedback=True "
+                                 "outer.compress.ef_decay=0.95"), what="top-64 of 4,096, 2-bit values, EF decay 0.95")),
+        judge_compression, minutes=6, reference="diloco",
+        keys=("outer.compress.format", "outer.compress.error_feedback", "outer.compress.ef_decay")),
+    Reproduction(
+        "non_iid", "DiLoCo 2311.08105",
+        "DiLoCo is robust to non-i.i.d. islands: islands holding disjoint topics train about as well as i.i.d. ones.",
+        (*NOISE, Point("diloco_topic", ("data.island_split='topic'",),
+                       what="each island holds whole stdlib packages (data.island_split=topic)")),
+        judge_non_iid, minutes=4, keys=("data.island_split",)),
+    Reproduction(
+        "dropout", "DiLoCo 2311.08105",
+        "DiLoCo is robust to dropped outer gradients: islands missing 10, 25 or 50% of syncs cost little loss.",
+        (*NOISE, *(Point(f"dropout_{p}", (f"faults.island_dropout={p / 100}",),
+                         what=f"each island misses a sync with probability {p}%") for p in (10, 25, 50))),
+        judge_dropout, minutes=5, reference="diloco", keys=("faults.island_dropout",)),
+)}
