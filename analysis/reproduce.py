@@ -65,6 +65,11 @@ class Results:
     def bpb(self, label: str) -> float:
         return float(np.mean(self.bpbs(label)))
 
+    def diff(self, a: str, b: str) -> float:
+        """a's bpb minus b's over the seeds both ran: the same initializations, so only the method differs."""
+        n = min(len(self.runs[a]), len(self.runs[b]))
+        return float(np.mean(self.bpbs(a)[:n]) - np.mean(self.bpbs(b)[:n]))
+
     def bytes(self, label: str) -> float:
         return self.runs[label][0].bytes
 
@@ -82,13 +87,13 @@ def collect(rep: Reproduction, runs_dir: Path, seeds: int | None) -> Results:
 
 
 def point_table(rep: Reproduction, r: Results) -> str:
-    ref = r.bpb(rep.reference)
-    lines = [f"| point | what | val bpb (mean over seeds) | seeds | spread | vs {rep.reference} | MiB sent per island "
-             "| MiB on the wire | syncs |", "|" + "---|" * 9]
+    lines = [f"| point | what | val bpb (mean over seeds) | seeds | spread | vs {rep.reference} at equal seeds "
+             "| MiB sent per island | MiB on the wire | syncs |", "|" + "---|" * 9]
     for p in rep.points:
         b = r.bpbs(p.label)
+        spread = f"{max(b) - min(b):.4f}" if len(b) > 1 else "—"
         lines.append(f"| {p.label} | {p.what} | {r.bpb(p.label):.4f} | {len(b)} | "
-                     f"{max(b) - min(b):.4f} | {r.bpb(p.label) - ref:+.4f} | {r.bytes(p.label) / MiB:.2f} | "
+                     f"{spread} | {r.diff(p.label, rep.reference):+.4f} | {r.bytes(p.label) / MiB:.2f} | "
                      f"{r.wire(p.label) / MiB:.2f} | {r.syncs(p.label)} |")
     return "\n".join(lines) + "\n"
 
