@@ -182,14 +182,14 @@ REPRODUCTIONS = {r.name: r for r in (
                what="outer SGD lr 1, no momentum: parameter averaging (FedAvg)"),
          Point("adam", _split("outer.optimizer='adam' outer.lr=0.003 outer.optimizer_kwargs={'b1':0.9,'b2':0.95}"),
                what="outer Adam lr 3e-3, betas (0.9, 0.95)")),
-        judge_outer_opt, minutes=10, reference="nesterov_lr-0.7_mom-0.9",
+        judge_outer_opt, minutes=22, reference="nesterov_lr-0.7_mom-0.9",
         keys=("outer.optimizer", "outer.lr", "outer.momentum", "outer.nesterov", "outer.optimizer_kwargs")),
     Reproduction(
         "scaling_m", "Scaling Laws for DiLoCo 2503.09799 (Table 4)",
         "At equal tokens and global batch, DiLoCo with M = 1 is at or below DP's loss, and the gap to DP grows "
         "with M = 2, 4, 8.",
         _scaling_points(),
-        judge_scaling_m, minutes=8, notes="As in the paper, the outer lr is tuned per M (0.4, 0.7, 1.0, with the "
+        judge_scaling_m, minutes=20, notes="As in the paper, the outer lr is tuned per M (0.4, 0.7, 1.0, with the "
         "preset's Nesterov momentum 0.3, tuned at M = 4 by outer_opt) and each M is judged at its best.",
         keys=("parallel.replica", "parallel.fsdp", "outer.lr", "outer.momentum", "outer.optimizer",
               "outer.nesterov")),
@@ -198,14 +198,14 @@ REPRODUCTIONS = {r.name: r for r in (
         "Loss degrades gracefully as H grows from 5 to 100 (never better at a larger H; H = 100 within 10% of "
         "H = 5) while the bytes fall as 1/H.",
         (*NOISE, *(Point(f"h{h}", (f"outer.sync_every={h}",), what=f"DiLoCo H = {h}") for h in (5, 25, 50, 100))),
-        judge_sync_every, minutes=8, keys=("outer.sync_every",)),
+        judge_sync_every, minutes=11, keys=("outer.sync_every",)),
     Reproduction(
         "desloc", "DES-LOC 2505.22549; Local Adam 2409.13155",
         "DES-LOC (K_u = 3 K_x, K_v = 6 K_x) reaches about Local Adam's loss with about half its bytes.",
         (*NOISE, Point("desloc", ("outer.name='desloc'",), what="DES-LOC, K_x = 10, ADOPT inner"),
          Point("local_adam", ("outer.name='local_adam'", "optimizer.adam='adopt'"),
                what="Local Adam, K = 10: parameters and both moments averaged, ADOPT inner")),
-        judge_desloc, minutes=5, keys=("outer.name", "optimizer.adam")),
+        judge_desloc, minutes=8, keys=("outer.name", "optimizer.adam")),
     Reproduction(
         "streaming", "Streaming DiLoCo 2501.18512; Eager updates 2502.12996",
         "Fragments, a tau = 1 overlap and FP4 pseudo-gradients each cost little loss against DiLoCo; eager "
@@ -220,7 +220,7 @@ REPRODUCTIONS = {r.name: r for r in (
          Point("naive_delayed", _split("outer.name='streaming_diloco' outer.fragments=1 outer.overlap_steps=10"),
                what="the whole round overlapped, stale mean applied (naive delay)"),
          Point("eager", ("outer.eager=True",), what="the whole round overlapped, eager updates")),
-        judge_streaming, minutes=7,
+        judge_streaming, minutes=13,
         keys=("outer.name", "outer.fragments", "outer.overlap_steps", "outer.compress.format", "outer.eager")),
     Reproduction(
         "compression", "Streaming DiLoCo 2501.18512; MuLoCo 2505.23725; SparseLoCo 2508.15706",
@@ -231,18 +231,18 @@ REPRODUCTIONS = {r.name: r for r in (
                what="top-64 of 4,096, 2-bit values, no error feedback"),
          Point("topk_ef", _split("outer.compress.format='topk' outer.compress.error_feedback=True "
                                  "outer.compress.ef_decay=0.95"), what="top-64 of 4,096, 2-bit values, EF decay 0.95")),
-        judge_compression, minutes=6, reference="diloco",
+        judge_compression, minutes=11, reference="diloco",
         keys=("outer.compress.format", "outer.compress.error_feedback", "outer.compress.ef_decay")),
     Reproduction(
         "non_iid", "DiLoCo 2311.08105",
         "DiLoCo is robust to non-i.i.d. islands: islands holding disjoint topics train about as well as i.i.d. ones.",
         (*NOISE, Point("diloco_topic", ("data.island_split='topic'",),
                        what="each island holds whole stdlib packages (data.island_split=topic)")),
-        judge_non_iid, minutes=4, keys=("data.island_split",)),
+        judge_non_iid, minutes=7, keys=("data.island_split",)),
     Reproduction(
         "dropout", "DiLoCo 2311.08105",
         "DiLoCo is robust to dropped outer gradients: islands missing 10, 25 or 50% of syncs cost little loss.",
         (*NOISE, *(Point(f"dropout_{p}", (f"faults.island_dropout={p / 100}",),
                          what=f"each island misses a sync with probability {p}%") for p in (10, 25, 50))),
-        judge_dropout, minutes=5, reference="diloco", keys=("faults.island_dropout",)),
+        judge_dropout, minutes=9, reference="diloco", keys=("faults.island_dropout",)),
 )}

@@ -11,7 +11,8 @@ import numpy as np
 from jaximus import UserError
 from jaximus.data.sources import is_val, train_rank
 
-ENCODE_CHUNK = 64  # documents per encode_batch call
+ENCODE_CHUNK = 64  # documents per encode_batch call, once a stream is under way
+FIRST_CHUNK = 4  # the first call encodes only this many, doubling, so the first batch is not kept waiting
 
 
 class IslandStream:
@@ -24,13 +25,15 @@ class IslandStream:
         self.epoch, self.doc, self.offset = position
         self._pending: list[tuple[int, np.ndarray]] = []  # encoded documents from self.doc on
         self._docs = None
+        self._chunk = FIRST_CHUNK
 
     def _mine(self, k: int) -> bool:
         return not is_val(k) and self.owner(k) == self.island
 
     def _refill(self):
         texts, idx = [], []
-        while len(texts) < ENCODE_CHUNK:
+        want, self._chunk = self._chunk, min(ENCODE_CHUNK, 2 * self._chunk)
+        while len(texts) < want:
             if self._docs is None:
                 self._docs, self._found = self.source.documents(self.doc), self.doc != 0
             item = next(self._docs, None)

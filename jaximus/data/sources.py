@@ -3,6 +3,7 @@
 A source yields (raw index, text) from a start index, deterministically. Every VAL_MOD-th document is
 held out for validation, the same rule for every source, so a stream needs no second pass to split.
 """
+import functools
 import glob
 import hashlib
 import os
@@ -49,6 +50,12 @@ class EmbeddedCorpus:
         """(topic, path, characters) per document: a topic is a stdlib package (`email`, `test`) or, for a
         top-level module, the standard library's own top level."""
         return [(Path(p).parts[0] if len(Path(p).parts) > 1 else "", p, len(t)) for p, t in zip(self.paths, self.texts)]
+
+
+@functools.cache
+def embedded_corpus() -> EmbeddedCorpus:
+    """One read of the standard library per process: sweeps run inline and tests build many runs."""
+    return EmbeddedCorpus()
 
 
 class DatasetsSource:
@@ -115,7 +122,7 @@ def open_source(data_cfg):
     """The configured source, checked to yield documents before anything is written."""
     kind = data_cfg.source
     if kind == "embedded":
-        return EmbeddedCorpus()
+        return embedded_corpus()
     if kind == "hf":
         if not data_cfg.hf_name:
             raise UserError("data.source=hf needs data.hf_name=[path, name], e.g. ['HuggingFaceFW/fineweb-edu', 'sample-10BT']")
