@@ -5,10 +5,10 @@ steps) on 4 islands x 2 fake devices unless its points say otherwise, so all poi
 devices and a point two reproductions share (`dp`, `diloco`) runs once. Findings and numbers are from
 ../shared/reference/ALGORITHMS.md sections 2 and 4.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
-# Laptop scale: about a minute per point on 2 cores. Scale up with key=value (model.depth=6 max_steps=2000).
+# Laptop scale: 75-100 s per point on 2 cores. Scale up with key=value (model.depth=6 max_steps=2000).
 SIZE = ("model.depth=2", "data.seq_len=128", "data.batch_size=16", "max_steps=150", "eval.every=25",
         "eval.tokens=16384", "checkpoint.every=50")
 SEEDS = (42, 43, 44, 45, 46, 47, 48, 49)  # the preset's seed first (nanochat: 42)
@@ -37,7 +37,7 @@ class Reproduction:
     minutes: float  # CPU time at the default size on 2 cores (measured; see docs/reproductions)
     reference: str = "dp"  # the point others are compared against in the table
     notes: str = ""
-    keys: tuple[str, ...] = field(default=())  # keys the points vary (a user override of one is refused)
+    keys: tuple[str, ...] = ()  # keys the points vary (a user override of one is refused)
 
 
 def _split(text: str) -> tuple[str, ...]:
