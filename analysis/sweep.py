@@ -10,6 +10,7 @@ interrupted sweep is continued by running the same command again.
 """
 import argparse
 import contextlib
+import functools
 import importlib.util
 import itertools
 import json
@@ -208,7 +209,9 @@ class Runner:
                 child.send_signal(signum)
 
 
+@functools.cache
 def _train_main():
+    """train.main, loaded once (train.py is a script, not a package module)."""
     spec = importlib.util.spec_from_file_location("jaximus_train", TRAIN)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -152,7 +152,8 @@ def _for_training(cfg, exp, run_dir, resuming, forward, allocate, abstract, part
     owner = island_owner(source, cfg.data.island_split, R)
     parts["info"].update({"corpus": source.name, "corpus_fingerprint": source.fingerprint,
                           "tokenizer_vocab": tokenizer.vocab_size,
-                          "island_topics": island_topics(source, owner, R)})
+                          "island_topics": island_topics(source, owner, R) if cfg.data.island_split == "topic"
+                          else None})
     say(f"jaximus: {parts['info']['params']:,} params | {R} islands x {cfg.parallel.fsdp} devices "
         f"({cfg.parallel.strategy}) | outer {parts['scheme'].name} | {parts['perf']['tokens_per_step']:,} "
         f"tokens/step | peak {parts['info']['peak_source']} | run dir {run_dir}")

@@ -1,7 +1,8 @@
 """Pack each island's document stream into rows of seq_len + 1 tokens; resumable; prefetched.
 
-Training document k belongs to island owner(k) (jaximus/data/split.py: by default rank % R among
-training documents), so islands see disjoint data. A stream's position is (epoch, raw document index, token offset): three ints.
+Training document k belongs to island owner(k) (jaximus/data/split.py; by default its rank among
+training documents mod R), so islands see disjoint data. A stream's position is (epoch, raw document
+index, token offset): three ints.
 """
 import queue
 import threading
@@ -9,7 +10,8 @@ import threading
 import numpy as np
 
 from jaximus import UserError
-from jaximus.data.sources import is_val, train_rank
+from jaximus.data.sources import is_val
+from jaximus.data.split import island_owner
 
 ENCODE_CHUNK = 64  # documents per encode_batch call, once a stream is under way
 FIRST_CHUNK = 4  # the first call encodes only this many, doubling, so the first batch is not kept waiting
@@ -21,7 +23,7 @@ class IslandStream:
     def __init__(self, source, tokenizer, island: int, num_islands: int, position=(0, 0, 0), owner=None):
         self.source, self.tokenizer = source, tokenizer
         self.island, self.num_islands = island, num_islands
-        self.owner = owner or (lambda k: train_rank(k) % num_islands)
+        self.owner = owner or island_owner(source, "iid", num_islands)
         self.epoch, self.doc, self.offset = position
         self._pending: list[tuple[int, np.ndarray]] = []  # encoded documents from self.doc on
         self._docs = None

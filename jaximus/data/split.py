@@ -25,10 +25,8 @@ def island_owner(source, split: str, num_islands: int):
     return lambda k: int(owner[k])
 
 
-def island_topics(source, owner, num_islands: int) -> list[list[str]] | None:
-    """The topics each island trains on, for config.json; None for a source without topics."""
-    if not hasattr(source, "topics"):
-        return None
+def island_topics(source, owner, num_islands: int) -> list[list[str]]:
+    """The topics each island trains on under the topic split, for config.json."""
     found = [set() for _ in range(num_islands)]
     for k, (topic, *_) in enumerate(source.topics()):
         if not is_val(k):
