@@ -63,7 +63,7 @@ def measure(config_path: str, overrides: list[str], steps: int) -> dict:
     from jaximus.build import build, start
     from jaximus.evaluate import val_sharding
     from jaximus.islands import per_island
-    from jaximus.step import make_eval_step, make_loss_fn
+    from jaximus.step import make_eval_step, make_objective
 
     cfg, exp = start(config_path, overrides)
     rng = np.random.default_rng(0)
@@ -79,8 +79,7 @@ def measure(config_path: str, overrides: list[str], steps: int) -> dict:
             jax.block_until_ready(loss)
 
         first, step_s = _timed(step, steps)
-        forward = exp["model"].make_model_forward(cfg)
-        loss_fn = make_loss_fn(forward)
+        loss_fn, nats_fn = make_objective(exp["model"], cfg)
         params = box["state"].islands.params
         phases = {}
         for name, fn in (("forward", loss_fn), ("forward+backward", jax.grad(loss_fn))):
@@ -98,7 +97,7 @@ def measure(config_path: str, overrides: list[str], steps: int) -> dict:
             sync_s = _timed(sync, 3)[1]
         n = max(1, -(-cfg.eval.tokens // (B * T)))
         rows = jax.device_put(rng.integers(0, V, (R, n, B // R, T + 1), dtype=np.int32), val_sharding(run.mesh))
-        evaluate = make_eval_step(forward, np.ones(V, np.int32), run.mesh)
+        evaluate = make_eval_step(nats_fn, np.ones(V, np.int32), run.mesh)
         eval_s = _timed(lambda: jax.block_until_ready(evaluate(run.scheme.global_params(box["state"]), rows)), 2)[1]
     fpt = run.perf["flops_per_token"]
     ns = newton_schulz_flops(cfg, exp)

@@ -36,7 +36,7 @@ from jaximus.mesh import batch_sharding, enable_compile_cache, force_cpu_devices
 from jaximus.pretrained import with_pretrained
 from jaximus.schema import SCHEMA
 from jaximus.state import IslandState, Progress, TrainState, make_init, shard_state
-from jaximus.step import make_eval_step, make_sync_step, make_train_step
+from jaximus.step import make_eval_step, make_objective, make_sync_step, make_train_step
 from outer_optimizers import OUTER_SCHEMA, SCHEMES, check_compression, make_scheme
 
 PURPOSES = ("train", "measure", "compile")
@@ -121,7 +121,7 @@ def build(cfg, exp, purpose: str = "train") -> Run:
     scheme = make_scheme(cfg, tx, island, R)
     abstract, shardings, allocate = shard_state(make_init(init_weights, tx, scheme.init, R), key, mesh,
                                                 cfg.parallel.strategy)
-    forward = exp["model"].make_model_forward(cfg)
+    loss_fn, nats_fn = make_objective(exp["model"], cfg)
     fpt = getattr(exp["model"], "flops_per_token", lambda c: None)(cfg)
     perf = {"tokens_per_step": cfg.data.batch_size * cfg.data.seq_len, "flops_per_token": fpt}
     info = {"experiment": str(Path(exp["config"].__file__).resolve()),
@@ -132,16 +132,16 @@ def build(cfg, exp, purpose: str = "train") -> Run:
         info["peak_flops"] = perf["peak"]
     with jax.set_mesh(mesh):
         parts = dict(cfg=cfg, mesh=mesh, scheme=scheme, schedules=schedules, shardings=shardings,
-                     step=make_train_step(forward, tx, scheme, mesh, shardings),
+                     step=make_train_step(loss_fn, tx, scheme, mesh, shardings),
                      sync=make_sync_step(scheme, mesh, shardings), info=info, perf=perf)
         if purpose == "compile":
             return Run(state=abstract, **parts)
         if purpose == "measure":
             return Run(state=allocate(), **parts)
-        return _for_training(cfg, exp, run_dir, resuming, forward, allocate, abstract, parts)
+        return _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, parts)
 
 
-def _for_training(cfg, exp, run_dir, resuming, forward, allocate, abstract, parts) -> Run:
+def _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, parts) -> Run:
     """Data, evaluation, the run directory and the state: restored from the newest checkpoint, or fresh."""
     mesh, R, B, T = parts["mesh"], cfg.parallel.replica, cfg.data.batch_size, cfg.data.seq_len
     source = open_source(cfg.data)
@@ -172,7 +172,7 @@ def _for_training(cfg, exp, run_dir, resuming, forward, allocate, abstract, part
         say(f"jaximus: resuming from step {progress.step} ({run_dir / 'checkpoints'})")
     else:
         state, progress = with_pretrained(cfg, exp["model"], allocate(), parts["shardings"]), Progress()
-    evaluate = make_eval_step(forward, tokenizer.token_bytes, mesh)
+    evaluate = make_eval_step(nats_fn, tokenizer.token_bytes, mesh)
     if progress.step >= cfg.max_steps:  # nothing to train: leave the run directory as it is
         return Run(state=state, evaluate=evaluate, checkpointer=checkpointer, progress=progress, **parts)
     logger = make_logger(cfg, {**cfg.to_dict(), "resolved": parts["info"]}, cfg.max_steps, resume_step=progress.step)

@@ -11,16 +11,33 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaximus.islands import per_island
-from jaximus.loss import token_nats
+from jaximus.loss import head_loss, head_nats, token_nats
 from jaximus.state import IslandState, TrainState
 
 
-def make_loss_fn(forward):
-    def loss_fn(params, batch_BT1):
-        logits = forward(batch_BT1[:, :-1], params)
-        return jnp.mean(token_nats(logits, batch_BT1[:, 1:]))
+def make_objective(model, cfg):
+    """(loss(params, batch_BT1) -> mean nats, nats(params, inputs_BT, targets_BT) -> nats (B, T)).
 
-    return loss_fn
+    A model with make_model_features is scored by jaximus.loss's chunked head; otherwise from its logits.
+    """
+    if hasattr(model, "make_model_features"):
+        features = model.make_model_features(cfg)
+
+        def loss(params, batch_BT1):
+            h, w, softcap = features(batch_BT1[:, :-1], params)
+            return head_loss(h, w, batch_BT1[:, 1:].reshape(-1), softcap)
+
+        def nats(params, inputs_BT, targets_BT):
+            h, w, softcap = features(inputs_BT, params)
+            return head_nats(h, w, targets_BT.reshape(-1), softcap).reshape(targets_BT.shape)
+
+        return loss, nats
+    forward = model.make_model_forward(cfg)
+
+    def nats(params, inputs_BT, targets_BT):
+        return token_nats(forward(inputs_BT, params), targets_BT)
+
+    return lambda params, batch_BT1: jnp.mean(nats(params, batch_BT1[:, :-1], batch_BT1[:, 1:])), nats
 
 
 def _compiled_per_key(build, call):
@@ -37,11 +54,9 @@ def _compiled_per_key(build, call):
     return run
 
 
-def make_train_step(forward, tx, scheme, mesh, shardings):
+def make_train_step(loss_fn, tx, scheme, mesh, shardings):
     """step(state, batch_RBT1, events) -> (state, loss_R), compiled once per set of the scheme's step events;
     the state's buffers are donated."""
-    loss_fn = make_loss_fn(forward)
-
     def build(events: frozenset):
         def island_step(state: TrainState, batch_BT1):
             batch_BT1 = jax.lax.with_sharding_constraint(batch_BT1, P("fsdp"))
@@ -86,7 +101,7 @@ def make_sync_step(scheme, mesh, shardings):
     return sync
 
 
-def make_eval_step(forward, token_bytes, mesh):
+def make_eval_step(nats_fn, token_bytes, mesh):
     """eval(params_R, rows_RNBT1) -> per-island (sum nats, sum nats over byte-bearing targets, bytes, tokens).
 
     One program scans all N validation batches: on CPU, several collective programs in flight at once
@@ -98,7 +113,7 @@ def make_eval_step(forward, token_bytes, mesh):
         def one_batch(total, rows_BT1):
             rows_BT1 = jax.lax.with_sharding_constraint(rows_BT1, P("fsdp"))
             targets = rows_BT1[:, 1:]
-            nats = token_nats(forward(rows_BT1[:, :-1], params), targets)
+            nats = nats_fn(params, rows_BT1[:, :-1], targets)
             nbytes = jnp.asarray(token_bytes)[targets]
             sums = jnp.stack([nats.sum(), jnp.where(nbytes > 0, nats, 0.0).sum(),
                               nbytes.sum().astype(jnp.float32), jnp.float32(nats.size)])

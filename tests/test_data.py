@@ -17,6 +17,7 @@ from jaximus.data.sources import EmbeddedCorpus, is_val, open_source, train_rank
 from jaximus.data.split import island_owner, island_topics
 from jaximus.data.tokenizer import load_tokenizer
 from jaximus.evaluate import bits_per_byte, evaluate, split_val_rows, val_sharding
+from jaximus.loss import token_nats
 from jaximus.mesh import make_mesh
 from jaximus.step import make_eval_step
 
@@ -142,12 +143,12 @@ def test_bits_per_byte_hand_computed():
     mesh = make_mesh(2, 4)
     token_bytes = np.array([0, 1, 2, 3], np.int32)  # id 0 is a special token
 
-    def forward(x, params, mask=None):
-        return jnp.zeros((*x.shape, 4)) + 0 * params["w"]
+    def nats(params, x, targets):
+        return token_nats(jnp.zeros((*x.shape, 4)) + 0 * params["w"], targets)
 
     rows = np.array([[0, 1, 2, 3, 0], [1, 3, 3, 0, 2]] * 4, np.int32)  # 8 rows of 4 targets
     with jax.set_mesh(mesh):
-        step = make_eval_step(forward, token_bytes, mesh)
+        step = make_eval_step(nats, token_bytes, mesh)
         params = jax.device_put({"w": jnp.zeros((2,))}, jax.sharding.NamedSharding(mesh, jax.P("replica")))
         out = evaluate(step, params, jax.device_put(split_val_rows(rows, 2, 8), val_sharding(mesh)))
     targets = rows[:, 1:].ravel()

@@ -104,8 +104,9 @@ def mlp(x_ND, w):
     return jnp.square(jax.nn.relu(x_ND @ w["c_fc"])) @ w["c_proj"]  # ReLU^2 (nanochat)
 
 
-def make_model_forward(cfg):
-    """forward(x_BT, weights, mask=None) -> float32 softcapped logits (B, T, V).
+def make_model_features(cfg):
+    """features(x_BT, weights, mask=None) -> (final normed hidden (B*T, D), lm_head (D, V), softcap), all in the
+    compute dtype: what jaximus.loss scores in chunks, never holding the (B*T, V) logits.
 
     mask, if given, is a (B, T, T) boolean array of allowed attention on top of causality.
     Activations are kept as (B*T, D) so every projection is a plain 2-D matmul: XLA:CPU runs the
@@ -115,9 +116,8 @@ def make_model_forward(cfg):
     # host constants: a jax array captured here would carry whatever mesh was current at creation
     cos, sin = (np.asarray(t) for t in rotary_tables(m.max_seq_len, m.head_dim, m.rope_base))
     compute_dtype = jnp.dtype(m.compute_dtype)
-    softcap = m.softcap
 
-    def forward(x_BT, weights, mask=None):
+    def features(x_BT, weights, mask=None):
         B, T = x_BT.shape
         w = jax.tree.map(lambda a: a.astype(compute_dtype), weights)  # bf16 compute over f32 masters
         cos_T, sin_T = cos[:T], sin[:T]
@@ -129,8 +129,19 @@ def make_model_forward(cfg):
 
         # unrolled: XLA:CPU runs the backward of a rolled scan about 2.5x slower
         h, _ = jax.lax.scan(block, h, w["blocks"], unroll=True)
-        logits = (rms_norm(h) @ w["lm_head"]).astype(jnp.float32).reshape(B, T, -1)
-        return softcap * jnp.tanh(logits / softcap)  # nanochat: logit softcap 15, in float32
+        return rms_norm(h), w["lm_head"], m.softcap  # nanochat: logit softcap 15, in float32
+
+    return features
+
+
+def make_model_forward(cfg):
+    """forward(x_BT, weights, mask=None) -> float32 softcapped logits (B, T, V)."""
+    features = make_model_features(cfg)
+
+    def forward(x_BT, weights, mask=None):
+        h, lm_head, softcap = features(x_BT, weights, mask)
+        logits = (h @ lm_head).astype(jnp.float32).reshape(*x_BT.shape, -1)
+        return softcap * jnp.tanh(logits / softcap)
 
     return forward
 
