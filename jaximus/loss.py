@@ -21,6 +21,16 @@ def token_nats(logits_BTV, targets_BT):
     return logz - picked
 
 
+def forward_from_features(features):
+    """A model's forward(x_BT, weights, mask=None) -> float32 logits (B, T, V) from its features function."""
+    def forward(x_BT, weights, mask=None):
+        h, head, softcap = features(x_BT, weights, mask)
+        logits, _ = _logits(h, head, softcap)
+        return logits.reshape(*x_BT.shape, -1)
+
+    return forward
+
+
 def head_nats(h_ND, w_DV, targets_N, softcap: float | None):
     """Per-row nats of softcap(h @ w) against targets, chunk by chunk (evaluation: no gradient)."""
     def local(h, w, t):

@@ -8,13 +8,14 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Int
 
 from experiments.gpt2.hf import hf_config as pretrained_config
 from experiments.gpt2.hf import sources as pretrained_sources
+from jaximus.loss import forward_from_features
 
-__all__ = ["flops_per_token", "init_model_weights", "make_model_forward", "pretrained_config", "pretrained_sources",
-           "weight_shapes"]
+__all__ = ["flops_per_token", "init_model_weights", "make_model_features", "make_model_forward", "pretrained_config",
+           "pretrained_sources", "weight_shapes"]
 
 
 def weight_shapes(cfg) -> dict:
@@ -52,11 +53,12 @@ def layer_norm(x, gain, bias, eps: float):
     return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype) * gain + bias
 
 
-def make_model_forward(cfg):
+def make_model_features(cfg):
+    """features(x_BT, weights) -> (final layer-normed hidden (B*T, D), the tied head wte^T (D, V), no softcap)."""
     m = cfg.model
     compute_dtype, H, K = jnp.dtype(m.compute_dtype), m.n_head, m.width // m.n_head
 
-    def forward(x_BT: Int[Array, "B T"], weights: dict, mask=None) -> Float[Array, "B T V"]:
+    def features(x_BT: Int[Array, "B T"], weights: dict, mask=None):
         if mask is not None:
             raise ValueError("experiments/gpt2: attention masks beyond causality are not supported")
         B, T = x_BT.shape
@@ -74,10 +76,14 @@ def make_model_forward(cfg):
             return h + jax.nn.gelu(x @ wb["fc"] + wb["fc_bias"], approximate=True) @ wb["out"] + wb["out_bias"], None
 
         h, _ = jax.lax.scan(block, h, w["blocks"], unroll=True)
-        h = layer_norm(h, w["ln_f"], w["ln_f_bias"], m.ln_eps)
-        return (h @ w["wte"].T).astype(jnp.float32).reshape(B, T, -1)
+        return layer_norm(h, w["ln_f"], w["ln_f_bias"], m.ln_eps), w["wte"].T, None
 
-    return forward
+    return features
+
+
+def make_model_forward(cfg):
+    """forward(x_BT, weights, mask=None) -> float32 logits (B, T, V)."""
+    return forward_from_features(make_model_features(cfg))
 
 
 def flops_per_token(cfg) -> int:

@@ -10,13 +10,14 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Int
 
 from experiments.llama.hf import hf_config as pretrained_config
 from experiments.llama.hf import sources as pretrained_sources
+from jaximus.loss import forward_from_features
 
-__all__ = ["flops_per_token", "init_model_weights", "make_model_forward", "pretrained_config", "pretrained_sources",
-           "weight_shapes"]
+__all__ = ["flops_per_token", "init_model_weights", "make_model_features", "make_model_forward", "pretrained_config",
+           "pretrained_sources", "weight_shapes"]
 
 
 def weight_shapes(cfg) -> dict:
@@ -99,13 +100,14 @@ def attention(x_ND, w, cos, sin, B, T, n_head, n_kv_head, head_dim):
     return jnp.einsum("bhts,bshk->bthk", probs, v).reshape(B * T, n_head * head_dim) @ w["o"]
 
 
-def make_model_forward(cfg):
-    """forward(x_BT, weights) -> float32 logits (B, T, V); activations kept as (B*T, D), as in nanochat."""
+def make_model_features(cfg):
+    """features(x_BT, weights) -> (final normed hidden (B*T, D), the head (D, V): wte^T when tied, no softcap);
+    activations kept as (B*T, D), as in nanochat."""
     m = cfg.model
     cos, sin = rotary_tables(m.max_seq_len, m.head_dim, m.rope_base, m.rope_scaling)
     compute_dtype = jnp.dtype(m.compute_dtype)
 
-    def forward(x_BT: Int[Array, "B T"], weights: dict, mask=None) -> Float[Array, "B T V"]:
+    def features(x_BT: Int[Array, "B T"], weights: dict, mask=None):
         if mask is not None:
             raise ValueError("experiments/llama: attention masks beyond causality are not supported")
         B, T = x_BT.shape
@@ -120,9 +122,14 @@ def make_model_forward(cfg):
 
         h, _ = jax.lax.scan(block, h, w["blocks"], unroll=True)  # unrolled: see experiments/nanochat
         head = w["wte"].T if m.tie_embeddings else w["lm_head"]
-        return (rms_norm(h, w["norm"], m.rms_eps) @ head).astype(jnp.float32).reshape(B, T, -1)
+        return rms_norm(h, w["norm"], m.rms_eps), head, None
 
-    return forward
+    return features
+
+
+def make_model_forward(cfg):
+    """forward(x_BT, weights, mask=None) -> float32 logits (B, T, V)."""
+    return forward_from_features(make_model_features(cfg))
 
 
 def flops_per_token(cfg) -> int:

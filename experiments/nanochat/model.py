@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaximus.loss import forward_from_features
+
 
 def _linear_std(fan_in: int, fan_out: int) -> float:
     # nanochat@3a5e0bc init, from arXiv 2310.17813: 1/sqrt(fan_in) * min(1, sqrt(fan_out/fan_in))
@@ -135,15 +137,8 @@ def make_model_features(cfg):
 
 
 def make_model_forward(cfg):
-    """forward(x_BT, weights, mask=None) -> float32 softcapped logits (B, T, V)."""
-    features = make_model_features(cfg)
-
-    def forward(x_BT, weights, mask=None):
-        h, lm_head, softcap = features(x_BT, weights, mask)
-        logits = (h @ lm_head).astype(jnp.float32).reshape(*x_BT.shape, -1)
-        return softcap * jnp.tanh(logits / softcap)
-
-    return forward
+    """forward(x_BT, weights, mask=None) -> float32 logits (B, T, V)."""
+    return forward_from_features(make_model_features(cfg))
 
 
 def flops_per_token(cfg) -> int:
