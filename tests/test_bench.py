@@ -15,6 +15,9 @@ def test_measure_reports_step_phases_sync_eval_and_memory():
     assert r["eval_tokens"] == 1024 and r["peak_rss_bytes"] > 2**20
     rows = [{**r, "mesh": "1x1", "tokens_per_sec": 2 * r["tokens_per_sec"]}, r]
     assert summary(rows) == ["4x2 vs 1 device, float32, depth 2: 0.50x tokens/s"]
+    peer = {"impl": "torch peer (compiled)", "dtype": "none", "depth": 2, "tokens_per_sec": r["tokens_per_sec"]}
+    assert summary([*rows, peer])[1:] == ["1x1 vs the PyTorch peer, float32, depth 2: 2.00x tokens/s",
+                                          "4x2 vs the PyTorch peer, float32, depth 2: 1.00x tokens/s"]
 
 
 def test_newton_schulz_flops_count_every_muon_matrix(nanochat, tiny_cfg):
