@@ -33,8 +33,9 @@ def make_optimizer(cfg, labels=param_labels, vectors: bool = False):
                            optax.add_decayed_weights(o.weight_decay),
                            optax.scale_by_learning_rate(lambda step: lr * lrm(step)))
 
-    # Newton-Schulz on whole matrices, spread over the island's devices (one all-to-all each way)
-    shard = "fsdp" if cfg.parallel.strategy == "fsdp" and cfg.parallel.fsdp > 1 else None
+    # Newton-Schulz on whole matrices, spread over the island's devices (one all-to-all each way); under
+    # parallel.strategy=dp too, where each device would otherwise repeat the whole iteration
+    shard = "fsdp" if cfg.parallel.fsdp > 1 else None
     muon = optax.chain(
         scale_by_muon(momentum, o.ns_steps, tuple(o.ns_coeffs), jnp.dtype(o.ns_dtype), shard, cfg.parallel.fsdp),
         optax.scale_by_learning_rate(lambda step: lrs["muon"] * lrm(step)))
