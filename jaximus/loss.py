@@ -62,7 +62,7 @@ head_loss.defvjp(_head_loss_fwd, _head_loss_bwd)
 
 def _over_island_rows(fn, out_specs):
     """fn on each device's own rows with the whole unembedding, when the island spans several devices:
-    one all-gather of w, and the rows never move (left to GSPMD, a chunk loop moves them every chunk).
+    one all-gather of w and the rows stay put, instead of leaving a chunk loop over sharded rows to GSPMD.
     Outputs specced P() are sums over the devices."""
     mesh = jax.sharding.get_abstract_mesh()
     if "fsdp" not in mesh.axis_names or mesh.shape["fsdp"] == 1:
