@@ -86,8 +86,7 @@ def _logits(h_CD, w_DV, softcap):
 
 
 def _chunk_nats(h_CD, w_DV, t_C, softcap):
-    z, _ = _logits(h_CD, w_DV, softcap)
-    return jax.nn.logsumexp(z, axis=-1) - jnp.take_along_axis(z, t_C[:, None], axis=-1)[:, 0]
+    return token_nats(_logits(h_CD, w_DV, softcap)[0], t_C)
 
 
 def _chunks(n: int, vocab: int) -> int:
