@@ -115,6 +115,8 @@ SCHEMA = {
     "data.cache_dir": text(),
     "data.prefetch": integer(1),
     "data.island_split": text("iid", "topic"),
+    "data.seed": integer(0),
+    "data.shuffle_rows": integer(1),
     "parallel.replica": integer(1),
     "parallel.fsdp": integer(1),
     "parallel.strategy": text("fsdp", "dp"),

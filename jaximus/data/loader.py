@@ -1,8 +1,16 @@
-"""Pack each island's document stream into rows of seq_len + 1 tokens; resumable; prefetched.
+"""The global batch of step t, a function of the data settings, the seed and t only; islands take disjoint rows.
 
-Training document k belongs to island owner(k) (jaximus/data/split.py; by default its rank among
-training documents mod R), so islands see disjoint data. A stream's position is (epoch, raw document
-index, token offset): three ints.
+Row j of every step comes from slot j (B slots, one per global row; jaximus/data/split.py deals the
+documents to slots), and island r reads the rows of its slots [r B/R, (r + 1) B/R). Nothing here
+depends on the mesh or the process count, so sync DP logs the same losses on 1 x 8, 4 x 2 and 8 x 1.
+
+A slot's rows are shuffled so that a step's rows, and consecutive steps, come from across the corpus:
+- IndexedSlot (the embedded corpus, tokenized once: jaximus/data/tokens.py): each epoch, the slot's
+  documents in a seeded order are concatenated, cut into rows of seq_len + 1, and the rows are read in
+  a seeded order. Its position is the number of rows it has handed out.
+- StreamedSlot (hf and files sources, read in order): the slot's documents are packed in order and
+  cut into windows of data.shuffle_rows rows, each read in a seeded order. Its position is where its
+  window starts (epoch, raw document, token offset) and how many of the window's rows it has handed out.
 """
 import queue
 import threading
@@ -11,26 +19,23 @@ import numpy as np
 
 from jaximus import UserError
 from jaximus.data.sources import is_val
-from jaximus.data.split import island_owner
 
 ENCODE_CHUNK = 64  # documents per encode_batch call, once a stream is under way
 FIRST_CHUNK = 4  # the first call encodes only this many, doubling, so the first batch is not kept waiting
 
 
-class IslandStream:
-    """Tokens of one island's documents, BOS-prefixed and concatenated, epoch after epoch."""
+class DocumentStream:
+    """Tokens of one slot's documents, BOS-prefixed and concatenated in source order, epoch after epoch."""
 
-    def __init__(self, source, tokenizer, island: int, num_islands: int, position=(0, 0, 0), owner=None):
-        self.source, self.tokenizer = source, tokenizer
-        self.island, self.num_islands = island, num_islands
-        self.owner = owner or island_owner(source, "iid", num_islands)
+    def __init__(self, source, tokenizer, slot: int, owner, position=(0, 0, 0)):
+        self.source, self.tokenizer, self.slot, self.owner = source, tokenizer, slot, owner
         self.epoch, self.doc, self.offset = position
         self._pending: list[tuple[int, np.ndarray]] = []  # encoded documents from self.doc on
         self._docs = None
         self._chunk = FIRST_CHUNK
 
     def _mine(self, k: int) -> bool:
-        return not is_val(k) and self.owner(k) == self.island
+        return not is_val(k) and self.owner(k) == self.slot
 
     def _refill(self):
         texts, idx = [], []
@@ -42,9 +47,9 @@ class IslandStream:
             if item is None:
                 if texts or self._pending:
                     break
-                if not self._found:  # a whole epoch scanned without one document of this island
-                    raise UserError(f"{self.source.name}: island {self.island} of {self.num_islands} has no "
-                                    "training documents; use fewer islands or more data")
+                if not self._found:  # a whole epoch scanned without one document of this slot
+                    raise UserError(f"{self.source.name}: row {self.slot} of the batch has no training documents; "
+                                    "lower data.batch_size or use more data")
                 self.epoch, self.doc, self.offset, self._docs = self.epoch + 1, 0, 0, None
                 continue
             if self._mine(item[0]):
@@ -75,25 +80,92 @@ class IslandStream:
         return self.epoch, self.doc, self.offset
 
 
-class TrainLoader:
-    """Batches of shape (islands, rows, seq_len + 1), prefetched on a thread; state() matches what was consumed."""
+class IndexedSlot:
+    """One global row per step from documents held in full: an epoch is a seeded permutation of all its rows."""
 
-    def __init__(self, source, tokenizer, seq_len: int, rows_per_island: int, islands: list[int],
-                 num_islands: int, state: dict | None = None, prefetch: int = 2, owner=None):
-        self.islands = list(islands)
-        positions = state["positions"] if state else [(0, 0, 0)] * len(islands)
-        self.streams = [IslandStream(source, tokenizer, r, num_islands, tuple(p), owner) for r, p in zip(islands, positions)]
-        self.row_tokens, self.rows = seq_len + 1, rows_per_island
-        self._state = {"positions": [s.position() for s in self.streams]}
+    def __init__(self, index, documents: np.ndarray, row_tokens: int, seed: int, slot: int, position=(0,)):
+        self.index, self.documents, self.row_tokens, self.key = index, documents, row_tokens, [seed, slot]
+        self.rows = int(index.lengths()[documents].sum()) // row_tokens  # the same every epoch: only the order changes
+        if self.rows == 0:
+            raise UserError(f"data.batch_size: row {slot} of the batch holds fewer than data.seq_len + 1 = {row_tokens} "
+                            "tokens of training documents; lower data.batch_size or data.seq_len, or use more data")
+        self.taken, self._epoch = position[0], None
+
+    def _start_epoch(self, epoch: int):
+        order = np.random.default_rng([*self.key, epoch, 0]).permutation(self.documents)
+        self._tokens = np.concatenate([self.index.document(k) for k in order])
+        self._rows = np.random.default_rng([*self.key, epoch, 1]).permutation(self.rows)
+        self._epoch = epoch
+
+    def next_row(self) -> np.ndarray:
+        epoch, i = divmod(self.taken, self.rows)
+        if epoch != self._epoch:
+            self._start_epoch(epoch)
+        start = int(self._rows[i]) * self.row_tokens
+        self.taken += 1
+        return self._tokens[start:start + self.row_tokens].astype(np.int32)
+
+    def position(self) -> list[int]:
+        return [self.taken]
+
+
+class StreamedSlot:
+    """One global row per step from a source read in order: windows of `window` packed rows, each read shuffled."""
+
+    def __init__(self, stream: DocumentStream, row_tokens: int, window: int, seed: int, position=None):
+        self.stream, self.row_tokens, self.window, self.seed = stream, row_tokens, window, seed
+        self.start, self.used, self._rows = stream.position(), position[3] if position else 0, None
+
+    def _fill(self, used: int = 0):
+        self.start = self.stream.position()
+        self._rows = self.stream.take(self.window * self.row_tokens).reshape(self.window, self.row_tokens)
+        self._order = np.random.default_rng([self.seed, self.stream.slot, *self.start]).permutation(self.window)
+        self.used = used
+
+    def next_row(self) -> np.ndarray:
+        if self._rows is None:  # on the loader's thread: a resumed window is re-packed, then skipped into
+            self._fill(self.used)
+        if self.used == self.window:
+            self._fill()
+        self.used += 1
+        return self._rows[self._order[self.used - 1]]
+
+    def position(self) -> list[int]:
+        return [*self.start, self.used]
+
+
+def make_slots(source, tokenizer, index, slot_of, row_tokens: int, slots: list[int], seed: int, window: int,
+               positions: list | None = None) -> list:
+    """The given slots of the batch, at their saved positions: indexed when the source is held in full."""
+    positions = positions or [None] * len(slots)
+    if index is not None:
+        return [IndexedSlot(index, np.flatnonzero(slot_of == j), row_tokens, seed, j, p or (0,))
+                for j, p in zip(slots, positions)]
+    streams = [DocumentStream(source, tokenizer, j, slot_of, tuple(p[:3]) if p else (0, 0, 0))
+               for j, p in zip(slots, positions)]
+    return [StreamedSlot(s, row_tokens, window, seed, p) for s, p in zip(streams, positions)]
+
+
+class TrainLoader:
+    """Batches of shape (islands, rows, seq_len + 1), prefetched on a thread; state() matches what was consumed.
+
+    island_slots holds each local island's slots; an island's position is its slots' positions, concatenated.
+    """
+
+    def __init__(self, island_slots: list[list], islands: list[int], prefetch: int = 2):
+        self.islands, self.slots = list(islands), island_slots
+        self._state = self._positions()
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, daemon=True)
         self._thread.start()
 
+    def _positions(self) -> dict:
+        return {"positions": [[x for s in slots for x in s.position()] for slots in self.slots]}
+
     def _make_batch(self):
-        batch = np.stack([s.take(self.rows * self.row_tokens).reshape(self.rows, self.row_tokens)
-                          for s in self.streams])
-        return batch, {"positions": [s.position() for s in self.streams]}
+        batch = np.stack([np.stack([s.next_row() for s in slots]) for slots in self.slots])
+        return batch, self._positions()
 
     def _produce(self):
         try:
@@ -124,6 +196,12 @@ class TrainLoader:
 
     def close(self):
         self._stop.set()
+
+
+def split_positions(position: list[int], num_slots: int) -> list[list[int]]:
+    """An island's saved position back into its slots' positions."""
+    size = len(position) // num_slots
+    return [position[i * size:(i + 1) * size] for i in range(num_slots)]
 
 
 def validation_rows(source, tokenizer, seq_len: int, num_rows: int) -> np.ndarray:
