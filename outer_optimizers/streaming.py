@@ -205,7 +205,7 @@ class StreamingDiLoCo(PeriodicScheme):
                 mean = outer.buffers["payload"][p]
                 if f"flush{p}" in groups:
                     mean, outer = self._mean(outer, p, mean, step)
-                if self.eager and f"land{p}" in groups:  # this island's own share of it was applied eagerly
+                if self.eager:  # this island's own share of it was applied eagerly, at its take (landed or not)
                     mean = jax.tree.map(lambda m, own: m - own / self.num_islands, mean, outer.buffers["previous"][p])
                 island, outer = self._apply(island, outer, p, mean)
         means = {}

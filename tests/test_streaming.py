@@ -113,13 +113,17 @@ def test_bad_streaming_config(nanochat, overrides, needle):
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
-def test_eager_updates_match_the_formula_over_two_rounds(nanochat, tiny_cfg, tmp_path):
-    """Eager DiLoCo (H = 2, M = 4) with the inner step frozen (lr 0) and island weights set by hand before each
-    take: each island's outer step uses mean^(t-1) + (delta_m^(t) - delta_m^(t-1)) / M (2502.12996), through
-    the real loop's inner steps (the mean of round 1 is issued inside step 3)."""
+@pytest.mark.parametrize("lr,mu", [(0.7, 0.9), (1.0, 0.0)])
+def test_eager_updates_match_the_formula_over_two_rounds_and_the_final_sync(nanochat, tiny_cfg, tmp_path, lr, mu):
+    """Eager DiLoCo (H = 2, M = 4, 4 steps) with the inner step frozen (lr 0) and island weights set by hand before
+    each take: each island's outer step uses mean^(t-1) + (delta_m^(t) - delta_m^(t-1)) / M (2502.12996), through
+    the real loop's inner steps (the mean of round 1 is issued inside step 3). The last step is a take, so the
+    run ends by applying round 2's mean without the island's own share, which its eager step already applied:
+    every round's mean reaches every island exactly once, and with plain outer SGD the islands end on one model."""
     frozen = {**nanochat, "optimizer": SimpleNamespace(make_optimizer=lambda c: (optax.sgd(0.0), {}, {}))}
-    cfg = config(tmp_path, tiny_cfg, "outer.name='diloco'", "outer.eager=True", "outer.sync_every=2", "max_steps=10")
-    rng, lr, mu, M = np.random.default_rng(0), 0.7, 0.9, 4
+    cfg = config(tmp_path, tiny_cfg, "outer.name='diloco'", "outer.eager=True", "outer.sync_every=2", "max_steps=4",
+                 f"outer.lr={lr}", f"outer.momentum={mu}")
+    rng, M = np.random.default_rng(0), 4
     with build(cfg, frozen) as run:
         state = run.state
         theta = np.asarray(jax.device_get(state.outer.params["lm_head"]), np.float64)  # (M, ...) identical copies
@@ -134,14 +138,20 @@ def test_eager_updates_match_the_formula_over_two_rounds(nanochat, tiny_cfg, tmp
             state, _, _ = advance(run, state, step)
             if step in (1, 3):
                 fresh = theta - local.astype(np.float64)
-                eager = stale_mean[None] + (fresh - stale_own) / M
-                buf = mu * buf + eager
-                theta = theta - lr * (eager + mu * buf)
+                updates = [stale_mean[None] + (fresh - stale_own) / M]
+                if step == 3:  # the final sync: round 2's mean, less the own share applied a moment ago
+                    updates.append(fresh.mean(axis=0)[None] - fresh / M)
+                for update in updates:
+                    buf = mu * buf + update
+                    theta = theta - lr * (update + mu * buf)
                 stale_mean, stale_own = fresh.mean(axis=0), fresh
                 got = jax.device_get(state.outer.params["lm_head"])
                 np.testing.assert_allclose(got, theta, rtol=1e-5, atol=1e-6)
                 np.testing.assert_array_equal(jax.device_get(state.islands.params["lm_head"]), got)
-        assert not np.allclose(theta[0], theta[1])  # workers briefly hold different outer models
+                if step == 1:
+                    assert not np.allclose(theta[0], theta[1])  # workers briefly hold different outer models
+    if mu == 0.0:
+        assert np.abs(got - got[0]).max() < 1e-5  # the evaluated model is every island's
 
 
 def test_rewind_to_a_fragment_in_flight_replays_bitwise(tmp_path, capsys):
