@@ -176,6 +176,31 @@ def test_int8_wire_stays_a_quarter_of_float32_at_any_island_count(nanochat, tiny
     assert 0.25 <= sync["hlo_wire"] / float32_wire < 0.27  # 8 bits + a float32 scale per 128 values
 
 
+@pytest.mark.parametrize("error_feedback", [False, True])
+def test_top_k_sends_a_zero_as_zero(error_feedback):
+    """2-bit top-k (k = 4 of each 64-entry chunk) on deltas that are zero but for one entry per island: chunks
+    entirely zero and a chunk with fewer non-zeros than k. Its largest entry is exact on the grid, so the mean is
+    exactly that entry's mean and zero elsewhere, and nothing is left behind in the error buffer."""
+    mesh = make_mesh(4, 2)
+    comp = Compressor(settings(format="topk", value_bits=2, error_feedback=error_feedback), fsdp=2, strategy="fsdp",
+                      seed=0)
+    x = np.zeros((4, 16, 64), np.float32)
+    x[:, 0, 0] = [1.0, -2.0, 3.0, 6.0]
+
+    def fn(d):
+        mean, error = comp.mean(d, comp.init_error(d), None, jnp.int32(0))
+        return mean, error if error_feedback else jnp.zeros_like(d)
+
+    program, sharding = island_program(fn, mesh)
+    with jax.set_mesh(mesh):
+        mean, error = (np.asarray(a) for a in program(jax.device_put(x, sharding)))
+    expected = np.zeros((16, 64), np.float32)
+    expected[0, 0] = 2.0
+    for r in range(4):
+        np.testing.assert_array_equal(mean[r], expected)
+    np.testing.assert_array_equal(error, 0.0)
+
+
 def test_top_k_wire_grows_with_islands():
     comp = Compressor(settings(format="topk", chunk=64, k=64, value_bits=2), fsdp=1, strategy="fsdp", seed=0)
     tree = {"w": jax.ShapeDtypeStruct((256, 512), jnp.float32)}

@@ -9,7 +9,8 @@ traffic is added), and what crosses islands is the compressed payload:
   sum of that piece, the piece re-quantized and all-gathered. Wire bytes 2 (R - 1) / R x payload, the
   ring all-reduce's factor, so the saving holds at any island count.
 - topk: SparseLoCo's chunked top-k (2508.15706). Indices differ per island, so values, packed indices and
-  a scale per chunk are all-gathered and every island scatter-adds them: wire (R - 1) x payload.
+  a scale per chunk are all-gathered and every island scatter-adds them: wire (R - 1) x payload. Quantized
+  values also carry their chunk's count of non-zero entries, so a zero travels as zero.
 - randk: k random entries per chunk, the same on every island (a shared seed), so the values are
   all-reduced in float32 and no index crosses.
 
@@ -184,9 +185,11 @@ class Compressor:
             dtype = jnp.float32 if self.bits == 32 else jnp.bfloat16
             payload, scale = to_bytes(values.astype(dtype)), jnp.ones(values.shape[0], jnp.float32)
             sent_values = values.astype(dtype).astype(jnp.float32)
-        else:
+        else:  # the magnitude grid has no zero: a chunk with fewer than k non-zero entries sends how many it has
             codes, scale = quantize_magnitudes(values, self.bits, self._rounding_key(key, 1))
-            payload, sent_values = pack(codes, self.bits), dequantize_magnitudes(codes, scale, self.bits)
+            nonzero = jnp.sum(values != 0, axis=-1)  # top_k sorts by magnitude: the zeros are the last picks
+            payload = jnp.concatenate([pack(codes, self.bits), self._count_bytes(nonzero)], axis=-1)
+            sent_values = self._first(dequantize_magnitudes(codes, scale, self.bits), nonzero)
         index_bits = max(1, (self.chunk ** 2 - 1).bit_length())
         rows = jnp.concatenate([payload, pack(idx, index_bits), to_bytes((scale * share)[:, None])], axis=-1)
         R = num_islands()
@@ -198,13 +201,24 @@ class Compressor:
         if self.bits >= 16:
             got = from_bytes(gathered[..., :nv], dtype).astype(jnp.float32) * got_scale[..., None]
         else:
-            got = dequantize_magnitudes(unpack(gathered[..., :nv], self.bits, self.k).astype(jnp.uint8), got_scale,
+            nc = packed_bytes(self.k, self.bits)
+            got = dequantize_magnitudes(unpack(gathered[..., :nc], self.bits, self.k).astype(jnp.uint8), got_scale,
                                         self.bits)
+            got = self._first(got, from_bytes(gathered[..., nc:nv], jnp.uint16)[..., 0] if self.k > 255
+                              else gathered[..., nc])
         dense = self._dense(got, got_idx)
         total = dense[0]
         for r in range(1, R):  # float32, island order
             total = total + dense[r]
         return self._unchunk(total, c), self._unchunk(self._dense(sent_values, idx), c)
+
+    def _count_bytes(self, count):
+        """A count of 0..k per chunk as one byte, or two when k exceeds 255."""
+        return to_bytes(count.astype(jnp.uint16)[:, None]) if self.k > 255 else count.astype(jnp.uint8)[:, None]
+
+    def _first(self, values, count):
+        """values (..., k) with every entry from position count on set to zero."""
+        return jnp.where(jnp.arange(self.k) < count[..., None].astype(jnp.int32), values, 0.0)
 
     def _randk(self, c, share, key):
         chunks, idx = self._selection(c, lambda x: jax.random.uniform(key, x.shape))
@@ -230,7 +244,7 @@ class Compressor:
         if self.format == "randk":
             payload = chunks * self.k * 4 * self.fsdp
             return payload, 2 * (R - 1) / R * payload
-        values = self.k * self.bits // 8 if self.bits >= 16 else packed_bytes(self.k, self.bits)
+        values = self.k * self.bits // 8 if self.bits >= 16 else packed_bytes(self.k, self.bits) + (2 if self.k > 255 else 1)
         row = values + packed_bytes(self.k, max(1, (self.chunk ** 2 - 1).bit_length())) + 4
         payload = chunks * row * self.fsdp
         return payload, (R - 1) * payload
