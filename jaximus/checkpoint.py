@@ -18,12 +18,30 @@ from jaximus.schema import flatten
 FROZEN_PREFIXES = ("seed", "model.", "data.", "parallel.", "outer.name", "outer.optimizer", "outer.fragment",
                    "outer.overlap_steps", "outer.eager", "outer.compress.format", "outer.compress.error_feedback")
 FREE_KEYS = ("data.prefetch", "data.cache_dir")
+SCHEDULE_KEY = "optimizer.schedule_steps"
 
 
 def frozen_differences(saved: dict, current: dict) -> list[str]:
     a, b = flatten(saved), flatten(current)
     keys = sorted(k for k in set(a) | set(b) if k.startswith(FROZEN_PREFIXES) and k not in FREE_KEYS)
     return [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in keys if _norm(a.get(k)) != _norm(b.get(k))]
+
+
+def schedule_length(flat: dict) -> int:
+    """The steps an experiment's learning-rate schedule spans (optimizer.schedule_steps, else max_steps)."""
+    return flat.get(SCHEDULE_KEY, flat.get("max_steps"))
+
+
+def check_schedule(saved: dict, current: dict, run_dir: Path) -> None:
+    """Extending a run must not silently restart its schedule: one line that says how to go on."""
+    a, b = flatten(saved), flatten(current)
+    old, new = schedule_length(a), schedule_length(b)
+    if old == new:
+        return
+    raise UserError(f"max_steps={b['max_steps']}: {run_dir}'s checkpoints follow a learning-rate schedule over {old} "
+                    f"steps, which this would restart over {new}. To go on past its end at optimizer.final_lr_frac "
+                    f"x the peak lr ({a.get('optimizer.final_lr_frac')} so far; warmup and warmdown are not repeated), "
+                    f"add {SCHEDULE_KEY}={old}; to train {new} steps from the start, add run.resume=fresh")
 
 
 def _norm(v):
@@ -82,8 +100,10 @@ def check_resume(cfg, run_dir: Path) -> bool:
     saved = run_dir / "config.json"
     if not (run_dir / "checkpoints").is_dir() or not saved.exists():
         return False
-    changed = frozen_differences(json.loads(saved.read_text()), cfg.to_dict())
+    saved = json.loads(saved.read_text())
+    changed = frozen_differences(saved, cfg.to_dict())
     if changed:
         raise UserError(f"{run_dir}: its checkpoints come from another config; changed: {'; '.join(changed)}. "
                         "Use another run.name, or run.resume=fresh to start over")
+    check_schedule(saved, cfg.to_dict(), run_dir)
     return True

@@ -62,7 +62,8 @@ def train(run) -> dict:
     cfg, progress, logger = run.cfg, run.progress, run.logger
     run_dir = os.path.join(cfg.run.out_dir, cfg.run.name)
     if progress.step >= cfg.max_steps:
-        _say(f"jaximus: already complete at step {progress.step}; raise max_steps to train further")
+        _say(f"jaximus: already complete at step {progress.step}; to train further, raise max_steps and keep its "
+             f"schedule with optimizer.schedule_steps={cfg.optimizer.schedule_steps}")
         path = os.path.join(run_dir, "summary.json")
         return json.loads(open(path).read()) if os.path.exists(path) else {}
     state = run.state

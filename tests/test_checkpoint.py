@@ -92,19 +92,26 @@ def test_resume_rules(tmp_path, capsys):
     assert main([*base, "model.depth=3", "data.seq_len=16"]) == 2  # shapes and data order are frozen
     err = capsys.readouterr().err
     assert "changed: data.seq_len (32 -> 16); model.depth (2 -> 3)" in err and len(err.strip().splitlines()) == 1
-    assert main([*base, "max_steps=9", "eval.every=2"]) == 0  # horizon and cadence may change
+    assert main([*base, "max_steps=9"]) == 2  # extending would restart the lr schedule: refused, with the way on
+    err = capsys.readouterr().err
+    assert "schedule over 6 steps" in err and "optimizer.schedule_steps=6" in err and len(err.strip().splitlines()) == 1
+    extend = [*base, "optimizer.schedule_steps=6"]
+    assert main([*extend, "max_steps=9", "eval.every=2"]) == 0  # horizon and cadence may change
     assert "resuming from step 6" in capsys.readouterr().out
     assert [m[0] for m in logged(tmp_path / "r") if m[1] is not None] == list(range(1, 10))
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    lrm = [m["lr/lrm"] for m in rows if "lr/lrm" in m]
+    assert len(lrm) == 9 and lrm[4] > 0 and lrm == sorted(lrm, reverse=True)  # the warmdown is never undone
     # a corrupt newest checkpoint is skipped with a warning, in favour of the one before
     for f in (tmp_path / "r" / "checkpoints" / "9" / "state").rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage")
-    assert main([*base, "max_steps=12"]) == 0
+    assert main([*extend, "max_steps=12"]) == 0
     captured = capsys.readouterr()
     assert "checkpoint" in captured.err and "unreadable" in captured.err and "resuming from step 6" in captured.out
     assert main([*base, "max_steps=12", "run.resume=fresh"]) == 0
     assert "resuming" not in capsys.readouterr().out
-    assert main([*base, "run.resume=4"]) == 2 and "run.resume=4: no checkpoint" in capsys.readouterr().err
+    assert main([*base, "max_steps=12", "run.resume=4"]) == 2 and "run.resume=4: no checkpoint" in capsys.readouterr().err
 
 
 def test_unwritable_checkpoint_directory(tmp_path, capsys):

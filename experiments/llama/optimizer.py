@@ -21,7 +21,7 @@ def make_optimizer(cfg):
     o = cfg.optimizer
     if o.kind == "nanochat":
         return nanochat.make_optimizer(cfg, param_labels, vectors=True)
-    lrm = lr_multiplier(cfg.max_steps, o.warmup_steps, o.warmdown_frac, o.final_lr_frac)
+    lrm = lr_multiplier(o.schedule_steps, o.warmup_steps, o.warmdown_frac, o.final_lr_frac)
     tx = optax.chain(optax.scale_by_adam(b1=o.adam_b1, b2=o.adam_b2, eps=o.adam_eps),
                      optax.add_decayed_weights(o.weight_decay),
                      optax.scale_by_learning_rate(lambda step: o.adamw_lr * lrm(step)))

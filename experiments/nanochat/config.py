@@ -68,6 +68,7 @@ def add_run_config(c) -> sws.Config:
     c.optimizer.ns_steps = 5
     c.optimizer.ns_coeffs = (3.4445, -4.7750, 2.0315)
     c.optimizer.ns_dtype = "bfloat16"
+    c.optimizer.schedule_steps = lambda: c.max_steps  # the lr schedule's length; kept when a run is extended
     c.optimizer.warmup_steps = 0
     c.optimizer.warmdown_frac = 0.2
     c.optimizer.final_lr_frac = 0.0
@@ -126,7 +127,7 @@ def optimizer_schema() -> dict:
         "optimizer.adam": text("adamw", "adopt"), "optimizer.muon_momentum_warmup_steps": integer(0),
         "optimizer.ns_steps": integer(0), "optimizer.ns_coeffs": Spec("numbers", length=3),
         "optimizer.ns_dtype": text("float32", "bfloat16"), "optimizer.warmup_steps": integer(0),
-        "optimizer.warmdown_frac": number(0, 1),
+        "optimizer.warmdown_frac": number(0, 1), "optimizer.schedule_steps": integer(1),
     }
 
 

@@ -21,7 +21,7 @@ def make_optimizer(cfg, labels=param_labels, vectors: bool = False):
     labels(weights) routes leaves to muon, embedding, unembedding and, with vectors=True, vector (norm
     gains and biases, which nanochat's model has none of: AdamW at the unembedding lr, its smallest)."""
     o = cfg.optimizer
-    lrm = lr_multiplier(cfg.max_steps, o.warmup_steps, o.warmdown_frac, o.final_lr_frac)
+    lrm = lr_multiplier(o.schedule_steps, o.warmup_steps, o.warmdown_frac, o.final_lr_frac)
     momentum = muon_momentum(o.muon_momentum_start, o.muon_momentum, o.muon_momentum_warmup_steps)
     width_scale = (cfg.model.width / 768) ** -0.5  # nanochat: AdamW lrs scale as (d_model/768)^-0.5
     lrs = {"muon": o.matrix_lr, "embedding": o.embedding_lr * width_scale,
