@@ -4,7 +4,7 @@
                             [--depths 2,4,6,8] [--dtypes float32,bfloat16] [--steps 10] [--rounds 3]
                             [--peer /path/to/torch/venv/bin/python [--ns-dtype fp32]] [key=value ...]
 
-Each mesh runs in its own process (the fake device count is fixed per process). With --peer, the
+Each row also times the run's data loader alone against the step. Each mesh runs in its own process (the fake device count is fixed per process). With --peer, the
 PyTorch peer (shared/bench/torch_gpt_peer.py) runs between them at the same shapes, fp32 and bf16,
 so ratios come from one sitting.
 """
@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+LOADER_BATCHES = 50  # timed after the first, so the two the thread prefetched barely count
 # the peer lives beside the repository in the team checkout (shared/bench); --peer-script overrides
 PEER = Path(__file__).resolve().parents[2] / "shared" / "bench" / "torch_gpt_peer.py"
 
@@ -99,6 +100,7 @@ def measure(config_path: str, overrides: list[str], steps: int) -> dict:
         rows = jax.device_put(rng.integers(0, V, (R, n, B // R, T + 1), dtype=np.int32), val_sharding(run.mesh))
         evaluate = make_eval_step(nats_fn, np.ones(V, np.int32), run.mesh)
         eval_s = _timed(lambda: jax.block_until_ready(evaluate(run.scheme.global_params(box["state"]), rows)), 2)[1]
+        loader = loader_rate(cfg, max(steps, LOADER_BATCHES))
     fpt = run.perf["flops_per_token"]
     ns = newton_schulz_flops(cfg, exp)
     return {"ns_flops_per_island": ns, "flops_rate_with_optimizer": (fpt * B * T + R * ns) / step_s,
@@ -108,7 +110,24 @@ def measure(config_path: str, overrides: list[str], steps: int) -> dict:
             "peak_flops": run.perf["peak"], "phases_s": phases, "sync_s": sync_s, "sync_groups": sorted(groups),
             "eval_s": eval_s, "eval_tokens": n * B * T,
             "eval_at_step_mfu_s": n * step_s / 3,  # its forward FLOPs (1/3 of a step's per token) at the step's rate
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, **loader}
+
+
+def loader_rate(cfg, batches: int) -> dict:
+    """The run's loader alone, every island's rows on one process: seconds to its first batch (data set-up
+    included) and tokens/s over the next `batches` (the prefetch thread producing, nothing consuming)."""
+    from jaximus.data.pipeline import open_data, train_loader
+
+    t = time.perf_counter()
+    loader = train_loader(cfg, open_data(cfg, say=lambda _: None), list(range(cfg.parallel.replica)))
+    next(loader)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(batches):
+        next(loader)
+    loader.close()
+    return {"loader_first_batch_s": first,
+            "loader_tokens_per_sec": batches * cfg.data.batch_size * cfg.data.seq_len / (time.perf_counter() - t)}
 
 
 def _child(config_path, overrides, steps) -> dict:
@@ -137,9 +156,10 @@ def _row(r: dict) -> str:
     sync = f"{r['sync_s'] / r['step_s']:5.2f}" if r.get("sync_s") else "    -"
     evals = f"{r['eval_s'] / r['eval_at_step_mfu_s']:5.2f}" if r.get("eval_s") else "    -"
     rss = f"{r['peak_rss_bytes'] / 2**20:7,.0f}" if r.get("peak_rss_bytes") else "      -"
+    data = f"{r['loader_tokens_per_sec'] / r['tokens_per_sec']:6.0f}x" if r.get("loader_tokens_per_sec") else "      -"
     rate = f"{r['flops_rate_with_optimizer'] / 1e9:8.0f}" if r.get("flops_rate_with_optimizer") else "       -"
     return (f"{r['impl']:22} {r['mesh']:6} {r.get('depth', '-'):>5} {r['dtype']:9} {r['tokens_per_sec']:9,.0f} "
-            f"{1e3 * r['step_s']:8.0f} {mfu:>6} {rate} {split} {r['compile_s']:8.1f} {sync} {evals} {rss}")
+            f"{1e3 * r['step_s']:8.0f} {mfu:>6} {rate} {split} {r['compile_s']:8.1f} {sync} {evals} {rss} {data}")
 
 
 def summary(rows: list[dict]) -> list[str]:
@@ -201,12 +221,13 @@ def main(argv=None):
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     print(f"\n{'impl':22} {'mesh':6} {'depth':>5} {'dtype':9} {'tokens/s':>9} {'step ms':>8} {'MFU':>6} {'GFLOP/s':>8} "
-          f"{'fwd ms':>6} {'bwd ms':>6} {'opt ms':>6} {'compile':>8} {'sync':>5} {'eval':>5} {'RSS MiB':>7}")
+          f"{'fwd ms':>6} {'bwd ms':>6} {'opt ms':>6} {'compile':>8} {'sync':>5} {'eval':>5} {'RSS MiB':>7} {'loader':>7}")
     for r in rows:
         print(_row(r))
     print("(MFU: model FLOPs over the matmul peak measured in the same process; GFLOP/s: model FLOPs plus every "
           "island's Newton-Schulz FLOPs per second; opt: the step minus forward and backward; sync: one sync program "
-          "in inner steps; eval: an evaluation of eval.tokens over its forward FLOPs at the step's rate)")
+          "in inner steps; eval: an evaluation of eval.tokens over its forward FLOPs at the step's rate; loader: the "
+          "run's data loader alone, its tokens/s over the step's)")
     for line in summary(rows):
         print(line)
 

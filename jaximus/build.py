@@ -14,11 +14,9 @@ from jaximus import UserError
 from jaximus.accounting import peak_flops
 from jaximus.checkpoint import Checkpointer, check_resume, clear
 from jaximus.config import check_config, check_writable, finalize_config, load_experiment
-from jaximus.data.loader import TrainLoader, make_slots, split_positions, validation_rows
-from jaximus.data.sources import open_source
-from jaximus.data.split import island_of_topic, island_topics, slot_of_documents, streamed_slot
-from jaximus.data.tokenizer import load_tokenizer
-from jaximus.data.tokens import load_token_index
+from jaximus.data.loader import TrainLoader, validation_rows
+from jaximus.data.pipeline import open_data, train_loader
+from jaximus.data.split import island_of_topic, island_topics
 from jaximus.distributed import (
     barrier,
     check_distributed,
@@ -145,11 +143,8 @@ def build(cfg, exp, purpose: str = "train") -> Run:
 def _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, parts) -> Run:
     """Data, evaluation, the run directory and the state: restored from the newest checkpoint, or fresh."""
     mesh, R, B, T = parts["mesh"], cfg.parallel.replica, cfg.data.batch_size, cfg.data.seq_len
-    source = open_source(cfg.data)
-    tokenizer = load_tokenizer(source, cfg.data, cfg.model.vocab_size) if is_primary() else None
-    barrier("tokenizer")  # process 0 trains and caches it; the others read the cache
-    tokenizer = tokenizer or load_tokenizer(source, cfg.data, cfg.model.vocab_size)
-    index, slot_of = _documents(source, tokenizer, cfg)
+    data = open_data(cfg, say)
+    source, tokenizer = data.source, data.tokenizer
     val_rows = validation_rows(source, tokenizer, T, B * math.ceil(cfg.eval.tokens / (B * T)))
     topic = cfg.data.island_split == "topic"
     parts["info"].update({"corpus": source.name, "corpus_fingerprint": source.fingerprint,
@@ -180,27 +175,12 @@ def _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, part
     if is_primary():  # the run's own tokenizer, for jaximus.export
         tokenizer.tokenizer.save(str(run_dir / "tokenizer.json.tmp"))
         (run_dir / "tokenizer.json.tmp").replace(run_dir / "tokenizer.json")
-    islands, S = local_islands(mesh), B // R
-    positions = [split_positions(progress.positions[r], S) if progress.positions else None for r in islands]
-    loader = TrainLoader([make_slots(source, tokenizer, index, slot_of, T + 1, list(range(r * S, (r + 1) * S)),
-                                     cfg.data.seed, cfg.data.shuffle_rows, p) for r, p in zip(islands, positions)],
-                         islands, prefetch=cfg.data.prefetch)
+    islands = local_islands(mesh)
+    loader = train_loader(cfg, data, islands, [progress.positions[r] for r in islands] if progress.positions else None)
     val_batches = replicated_input(split_val_rows(val_rows, R, B), val_sharding(mesh))
     return Run(state=state, evaluate=evaluate, val_batches=val_batches, loader=loader, logger=logger,
                checkpointer=checkpointer, progress=progress,
                ledger=Ledger(parts["scheme"].ledger(), progress, R), **parts)
-
-
-def _documents(source, tokenizer, cfg):
-    """(token index or None, slot of each document): a source held in memory is tokenized once and dealt by
-    tokens; a streamed one is dealt round robin as it is read."""
-    d, B = cfg.data, cfg.data.batch_size
-    if not hasattr(source, "texts"):
-        return None, streamed_slot(B, d.seed)
-    index = load_token_index(source, tokenizer, d.cache_dir, say) if is_primary() else None
-    barrier("token index")  # process 0 encodes and caches it; the others read the cache
-    index = index or load_token_index(source, tokenizer, d.cache_dir, say)
-    return index, slot_of_documents(source, index.lengths(), d.island_split, B, cfg.parallel.replica, d.seed)
 
 
 def say(text: str) -> None:

@@ -13,6 +13,7 @@ def test_measure_reports_step_phases_sync_eval_and_memory():
     assert r["step_s"] > 0 and r["sync_s"] > 0 and r["eval_s"] > 0 and r["first_step_s"] > r["step_s"]
     assert r["tokens_per_sec"] == 16 * 32 / r["step_s"] and 0 < r["mfu"] < 1
     assert r["eval_tokens"] == 1024 and r["peak_rss_bytes"] > 2**20
+    assert r["loader_tokens_per_sec"] > 0 and r["loader_first_batch_s"] > 0
     rows = [{**r, "mesh": "1x1", "tokens_per_sec": 2 * r["tokens_per_sec"]}, r]
     assert summary(rows) == ["4x2 vs 1 device, float32, depth 2: 0.50x tokens/s"]
     peer = {"impl": "torch peer (compiled)", "dtype": "none", "depth": 2, "tokens_per_sec": r["tokens_per_sec"]}
