@@ -63,7 +63,7 @@ def shard_state(init, key, mesh, strategy: str):
 class Progress:
     """Host-side progress, saved in every checkpoint's metadata next to the TrainState."""
     step: int = 0
-    positions: list | None = None  # every island's loader position (epoch, document, offset)
+    positions: list | None = None  # every island's loader position: its batch rows' positions (jaximus/data/loader.py)
     island_bytes: list[int] = field(default_factory=list)  # cumulative cross-island payload each island sent
     island_wire: list[float] = field(default_factory=list)  # and the bytes it put on the link for it
     syncs: int = 0  # communication events so far

@@ -110,7 +110,7 @@ def test_a_step_mixes_the_corpus_and_steps_do_not_repeat_documents(corpus, token
                                                          4, seq_len=128), 40)]
     assert min(len(set(step[:, 0])) for step in steps) >= 12  # rows from at least 12 documents in every step
     shared = [len(set(a.ravel()) & set(b.ravel())) for a, b in zip(steps, steps[1:])]
-    assert np.mean(shared) < 1.0, shared  # the old loader: every row continued the previous step's file
+    assert np.mean(shared) < 2.0, shared  # 0.7 over 200 steps; the old loader: every row continued the last step's file
     assert not any(is_val(k) for step in steps for k in step.ravel())
     reseeded = batches(loader_of(corpus, tokenizer, docs, iid_slots(corpus, index, seed=7), [0, 1, 2, 3], 4,
                                  seq_len=128, seed=7), 1)[0].reshape(16, 129)
