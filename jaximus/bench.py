@@ -4,9 +4,10 @@
                             [--depths 2,4,6,8] [--dtypes float32,bfloat16] [--steps 10] [--rounds 3]
                             [--peer /path/to/torch/venv/bin/python [--ns-dtype fp32]] [key=value ...]
 
-Each row also times the run's data loader alone against the step. Each mesh runs in its own process (the fake device count is fixed per process). With --peer, the
-PyTorch peer (shared/bench/torch_gpt_peer.py) runs between them at the same shapes, fp32 and bf16,
-so ratios come from one sitting.
+Each row also times the run's data loader alone against the step. Each mesh runs in its own process
+(the fake device count is fixed per process). With --peer, the PyTorch peer
+(shared/bench/torch_gpt_peer.py) runs between them at the same shapes, fp32 and bf16, so ratios come
+from one sitting.
 """
 import argparse
 import json

@@ -148,7 +148,7 @@ def _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, part
     val_rows = validation_rows(source, tokenizer, T, B * math.ceil(cfg.eval.tokens / (B * T)))
     topic = cfg.data.island_split == "topic"
     parts["info"].update({"corpus": source.name, "corpus_fingerprint": source.fingerprint,
-                          "tokenizer_vocab": tokenizer.vocab_size, "data_seed": cfg.data.seed,
+                          "tokenizer_vocab": tokenizer.vocab_size, "shuffle_seed": cfg.data.shuffle_seed,
                           "island_topics": island_topics(source, island_of_topic(source, R), R) if topic else None})
     say(f"jaximus: {parts['info']['params']:,} params | {R} islands x {cfg.parallel.fsdp} devices "
         f"({cfg.parallel.strategy}) | outer {parts['scheme'].name} | {parts['perf']['tokens_per_step']:,} "

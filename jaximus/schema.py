@@ -115,7 +115,7 @@ SCHEMA = {
     "data.cache_dir": text(),
     "data.prefetch": integer(1),
     "data.island_split": text("iid", "topic"),
-    "data.seed": integer(0),
+    "data.shuffle_seed": integer(0),
     "data.shuffle_rows": integer(1),
     "parallel.replica": integer(1),
     "parallel.fsdp": integer(1),

@@ -92,7 +92,7 @@ def test_in_flight_buffers_resume_exactly(tmp_path, monkeypatch, capsys):
     from train import main
     monkeypatch.setitem(SCHEMES, InStepEcho.name, InStepEcho)
     run = [*TINY, f"outer.name='{InStepEcho.name}'", f"run.out_dir='{tmp_path}'", "optimizer.warmdown_frac=0.0",
-           "checkpoint.every=2"]
+           "checkpoint.every=2", "optimizer.schedule_steps=4"]
     assert main(["--config", NANOCHAT, *run, "max_steps=4", "run.name='whole'"]) == 0
     assert main(["--config", NANOCHAT, *run, "max_steps=2", "run.name='broken'"]) == 0
     assert main(["--config", NANOCHAT, *run, "max_steps=4", "run.name='broken'"]) == 0

@@ -114,7 +114,7 @@ def test_a_step_mixes_the_corpus_and_steps_do_not_repeat_documents(corpus, token
     assert not any(is_val(k) for step in steps for k in step.ravel())
     reseeded = batches(loader_of(corpus, tokenizer, docs, iid_slots(corpus, index, seed=7), [0, 1, 2, 3], 4,
                                  seq_len=128, seed=7), 1)[0].reshape(16, 129)
-    assert len(set(reseeded[:, 0]) & set(steps[0][:, 0])) <= 2  # data.seed changes the order
+    assert len(set(reseeded[:, 0]) & set(steps[0][:, 0])) <= 2  # data.shuffle_seed changes the order
 
 
 def test_islands_read_disjoint_rows_and_documents_and_every_row_once_an_epoch(tokenizer):

@@ -149,7 +149,7 @@ def test_default_desloc_stays_stable(tmp_path, capsys):
     metrics = [json.loads(line) for line in (tmp_path / "desloc" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if m.get("outer/groups") == "mu,params"] == [6]
     train = [m["train/loss"] for m in metrics if "train/loss" in m]
-    assert all(np.isfinite(train)) and train[-1] < train[0] - 1.0
+    assert all(np.isfinite(train)) and train[-1] < train[0] - 0.5
     initial = ocp.StandardCheckpointer().restore(tmp_path / "desloc" / "checkpoints" / "6" / "state")
     wte = ocp.StandardCheckpointer().restore(tmp_path / "desloc" / "checkpoints" / "12" / "state")["islands"]["params"]["wte"]
     assert np.abs(wte).max() < 2 * np.abs(initial["outer"]["params"]["wte"]).max()

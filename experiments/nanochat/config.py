@@ -47,7 +47,7 @@ def add_run_config(c) -> sws.Config:
     c.data.tokenizer_train_chars = 10_000_000  # nanochat trains on 2B chars; the stdlib is ~31M
     c.data.cache_dir = os.environ.get("JAXIMUS_CACHE", os.path.expanduser("~/.cache/jaximus"))
     c.data.prefetch = 2
-    c.data.seed = lambda: c.seed  # the data order: a seed spread spreads it too
+    c.data.shuffle_seed = lambda: c.seed  # the data order: a seed spread spreads it too
     c.data.shuffle_rows = 256  # hf / files sources: rows per shuffle window of each batch row's stream
     c.data.island_split = "iid"  # iid | topic: each island holds whole stdlib packages (DiLoCo's non-i.i.d. shards)
 

@@ -28,11 +28,12 @@ def open_data(cfg, say=print) -> Data:
     barrier("tokenizer")
     tokenizer = tokenizer or load_tokenizer(source, d, cfg.model.vocab_size)
     if not hasattr(source, "texts"):  # streamed: documents dealt round robin as they are read
-        return Data(source, tokenizer, None, streamed_slot(d.batch_size, d.seed))
+        return Data(source, tokenizer, None, streamed_slot(d.batch_size, d.shuffle_seed))
     index = load_token_index(source, tokenizer, d.cache_dir, say) if is_primary() else None
     barrier("token index")
     index = index or load_token_index(source, tokenizer, d.cache_dir, say)
-    slot_of = slot_of_documents(source, index.lengths(), d.island_split, d.batch_size, cfg.parallel.replica, d.seed)
+    slot_of = slot_of_documents(source, index.lengths(), d.island_split, d.batch_size, cfg.parallel.replica,
+                                d.shuffle_seed)
     return Data(source, tokenizer, index, slot_of)
 
 
@@ -42,6 +43,6 @@ def train_loader(cfg, data: Data, islands: list[int], positions: list | None = N
     S, d = cfg.data.batch_size // cfg.parallel.replica, cfg.data
     positions = positions or [None] * len(islands)
     return TrainLoader([make_slots(data.source, data.tokenizer, data.index, data.slot_of, d.seq_len + 1,
-                                   list(range(r * S, (r + 1) * S)), d.seed, d.shuffle_rows,
+                                   list(range(r * S, (r + 1) * S)), d.shuffle_seed, d.shuffle_rows,
                                    split_positions(p, S) if p else None) for r, p in zip(islands, positions)],
                        islands, prefetch=d.prefetch)
