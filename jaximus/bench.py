@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-LOADER_BATCHES = 50  # timed after the first, so the two the thread prefetched barely count
 # the peer lives beside the repository in the team checkout (shared/bench); --peer-script overrides
 PEER = Path(__file__).resolve().parents[2] / "shared" / "bench" / "torch_gpt_peer.py"
 
@@ -101,7 +100,7 @@ def measure(config_path: str, overrides: list[str], steps: int) -> dict:
         rows = jax.device_put(rng.integers(0, V, (R, n, B // R, T + 1), dtype=np.int32), val_sharding(run.mesh))
         evaluate = make_eval_step(nats_fn, np.ones(V, np.int32), run.mesh)
         eval_s = _timed(lambda: jax.block_until_ready(evaluate(run.scheme.global_params(box["state"]), rows)), 2)[1]
-        loader = loader_rate(cfg, max(steps, LOADER_BATCHES))
+        loader = loader_rate(cfg, max(steps, 2 * cfg.data.shuffle_rows))
     fpt = run.perf["flops_per_token"]
     ns = newton_schulz_flops(cfg, exp)
     return {"ns_flops_per_island": ns, "flops_rate_with_optimizer": (fpt * B * T + R * ns) / step_s,
@@ -116,7 +115,8 @@ def measure(config_path: str, overrides: list[str], steps: int) -> dict:
 
 def loader_rate(cfg, batches: int) -> dict:
     """The run's loader alone, every island's rows on one process: seconds to its first batch (data set-up
-    included) and tokens/s over the next `batches` (the prefetch thread producing, nothing consuming)."""
+    included) and tokens/s over the next `batches` (the prefetch thread producing, nothing consuming; two
+    shuffle windows, so a streamed source's refill is in the time)."""
     from jaximus.data.pipeline import open_data, train_loader
 
     t = time.perf_counter()
