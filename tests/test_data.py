@@ -5,6 +5,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,8 @@ from conftest import NANOCHAT
 
 from jaximus import UserError
 from jaximus.build import load_config
-from jaximus.data.loader import DocumentStream, IndexedSlot, TrainLoader, make_slots, split_positions, validation_rows
+from jaximus.data.loader import DocumentStream, IndexedSlot, validation_rows
+from jaximus.data.pipeline import Data, train_loader
 from jaximus.data.sources import EmbeddedCorpus, is_val, open_source, train_rank
 from jaximus.data.split import island_of_topic, island_topics, slot_of_documents, streamed_slot
 from jaximus.data.tokenizer import load_tokenizer
@@ -62,12 +64,10 @@ def test_vocab_too_small(corpus, tiny_cfg):
 
 def loader_of(source, tokenizer, index, slot_of, islands, num_islands, positions=None, seq_len=32, batch=16,
               seed=42, window=8):
-    """The loader build() makes for these islands, at these positions."""
-    S = batch // num_islands
-    positions = positions or [None] * len(islands)
-    return TrainLoader([make_slots(source, tokenizer, index, slot_of, seq_len + 1, list(range(r * S, (r + 1) * S)),
-                                   seed, window, split_positions(p, S) if p else None)
-                        for r, p in zip(islands, positions)], islands, prefetch=1)
+    """The loader a run builds (jaximus.data.pipeline.train_loader) for these islands, at these positions."""
+    cfg = SimpleNamespace(parallel=SimpleNamespace(replica=num_islands), data=SimpleNamespace(
+        batch_size=batch, seq_len=seq_len, shuffle_seed=seed, shuffle_rows=window, prefetch=1))
+    return train_loader(cfg, Data(source, tokenizer, index, slot_of), islands, positions)
 
 
 def batches(loader, n):
