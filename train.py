@@ -5,9 +5,13 @@ directory), train it. The pieces live in jaximus/ and outer_optimizers/.
 """
 import sys
 
+from jax.errors import JaxRuntimeError
+
 from jaximus import UserError
 from jaximus.build import build, start
 from jaximus.config import parse_command_line
+from jaximus.distributed import leave, peer_failure, processes_done
+from jaximus.files import io_error
 from jaximus.loop import Interrupted, train
 
 
@@ -16,15 +20,22 @@ def main(argv: list[str]) -> int:
         cfg, exp = start(*parse_command_line(argv))
         with build(cfg, exp) as run:
             train(run)
+        processes_done()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Interrupted as e:
+        return leave(2)
+    except OSError as e:  # a write the library did not expect to fail (its own are UserErrors)
+        print(f"error: {io_error(e, e.filename or '.')}", file=sys.stderr)
+        return leave(2)
+    except Interrupted as e:  # every process stops at the same step, so none waits on another
+        processes_done()
         print(f"jaximus: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        return 130
+        return leave(130)
+    except JaxRuntimeError as e:  # with several processes: a collective whose peer is gone
+        peer_failure(e)
     return 0
 
 

@@ -3,7 +3,6 @@
     python -m analysis.compare runs/sweep [more runs or sweeps] --out results/ [--gbps 1 --latency-ms 10]
 """
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,8 @@ from analysis.network import ALGORITHMS, Link, Projection, compute_seconds, proj
 from analysis.runs import Run, config_differences, find_runs
 from jaximus import UserError
 from jaximus.accounting import PEAK_FLOPS
+from jaximus.cli import ArgumentParser
+from jaximus.files import atomic_write
 
 MiB = 2**20
 
@@ -176,7 +177,7 @@ def _step_time(text: str):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.compare", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m analysis.compare", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories, or sweep directories holding them")
     parser.add_argument("--out", required=True, help="directory for results.md and the figures")
     parser.add_argument("--gbps", type=float, default=1.0, help="bandwidth between islands, Gbit/s (default 1)")
@@ -192,15 +193,17 @@ def main(argv=None) -> int:
                           args.step_time)
         if not 0 < args.mfu <= 1:
             raise ValueError(f"--mfu must be in (0, 1], got {args.mfu}")
-        runs, warnings = find_runs(args.runs)
-        text, more = table(runs, cluster)
         out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out}: a file is there; give a directory for results.md and the figures")
+        runs, warnings = find_runs(args.runs)
+        if not runs:
+            raise UserError(f"{', '.join(args.runs)}: no run with metrics to compare ({'; '.join(warnings)})")
+        text, more = table(runs, cluster)
         out.mkdir(parents=True, exist_ok=True)
         written = figures(runs, cluster, out)
         report = f"Projected onto {cluster.describe()}.\n\n{text}"
-        tmp = out / "results.md.tmp"
-        tmp.write_text(report)
-        os.replace(tmp, out / "results.md")
+        atomic_write(out / "results.md", report)
     except (UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

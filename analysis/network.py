@@ -4,13 +4,14 @@ An island computes for `compute_s` per inner step; each communication event (one
 payload across the islands) takes `allreduce_seconds`; with overlap, part of it hides behind compute.
 `python -m analysis.network` checks the model against Streaming DiLoCo's simulator (2501.18512, Table 4).
 """
-import argparse
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from jaximus.cli import ArgumentParser
 
 ALGORITHMS = ("ring", "tree")
 BACKWARD_SHARE = 2 / 3  # backward is 2 of the 6 N FLOPs per token's 3 passes (Kaplan et al. 2001.08361)
@@ -214,7 +215,7 @@ def save_png(fig, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m analysis.network", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m analysis.network", description=__doc__.splitlines()[0])
     parser.add_argument("--figure", help="write compute utilization vs bandwidth for the 1B setups to this PNG")
     args = parser.parse_args(argv)
     print("Streaming DiLoCo Table 4 (M = 2, H = 100, ring all-reduce): Gbit/s for a compute utilization")

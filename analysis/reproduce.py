@@ -14,7 +14,6 @@ seeds of one point; a difference within it is "inconclusive (within seed noise)"
 import argparse
 import hashlib
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,10 @@ from analysis.compare import Cluster, table
 from analysis.network import Link, save_png
 from analysis.reproductions import REPRODUCTIONS, SEEDS, SIZE, Point, Reproduction
 from analysis.runs import load_run
-from analysis.sweep import check_points, run_sweep
+from analysis.sweep import MANIFEST_FIX, check_points, run_sweep
 from jaximus import UserError
+from jaximus.cli import ArgumentParser
+from jaximus.files import atomic_write, read_json
 
 CONFIG = "experiments/diloco_nanochat/config.py"
 MiB = 2**20
@@ -127,16 +128,10 @@ def figure(rep: Reproduction, r: Results, path: Path, verdict: str) -> None:
     plt.close(fig)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def cpu_minutes(runs_dir: Path, names: list[str]) -> float | None:
     """Training time of these points as the sweep recorded it, when every one was."""
     manifest = runs_dir / "sweep.json"
-    status = json.loads(manifest.read_text())["status"] if manifest.is_file() else {}
+    status = read_json(manifest, MANIFEST_FIX)["status"] if manifest.is_file() else {}
     seconds = [status.get(n, {}).get("seconds") for n in names]
     return None if None in seconds else sum(seconds) / 60
 
@@ -161,11 +156,11 @@ def report(rep: Reproduction, runs_dir: Path, out: Path, seeds: int | None, over
             + point_table(rep, r) + f"\n![{rep.name}]({rep.name}.png)\n\n## Every run\n\nProjected onto "
             + cluster.describe() + ".\n\n" + runs_table)
     figure(rep, r, out / f"{rep.name}.png", verdict)
-    write_atomic(out / "results.md", text)
+    atomic_write(out / "results.md", text)
     result = {"name": rep.name, "paper": rep.paper, "finding": rep.finding, "measured": measured,
               "verdict": verdict, "noise": r.noise, "runs": len(names), "minutes": minutes,
               "bpb": {lab: r.bpbs(lab) for lab in r.labels}}
-    write_atomic(out / "verdict.json", json.dumps(result, indent=2))
+    atomic_write(out / "verdict.json", json.dumps(result, indent=2))
     return result
 
 
@@ -175,7 +170,7 @@ def write_index(out: Path) -> None:
     lines = ["| reproduction | finding | paper | our result | verdict |", "|---|---|---|---|---|"]
     lines += [f"| [{v['name']}]({v['name']}/results.md) | {v['finding']} | {v['paper']} | {v['measured']} "
               f"| **{v['verdict']}** |" for v in rows]
-    write_atomic(out / "README.md", "# Reproductions\n\nWritten by `python -m analysis.reproduce`.\n\n"
+    atomic_write(out / "README.md", "# Reproductions\n\nWritten by `python -m analysis.reproduce`.\n\n"
                  + "\n".join(lines) + "\n")
 
 
@@ -189,7 +184,7 @@ def list_text() -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.reproduce", description=__doc__.splitlines()[0],
+    parser = ArgumentParser(prog="python -m analysis.reproduce", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("name", nargs="?", help=f"one of {', '.join(REPRODUCTIONS)}, or all")
     parser.add_argument("overrides", nargs="*", help="key=value for every point, e.g. model.depth=6 max_steps=2000")

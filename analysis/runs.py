@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jaximus import UserError
+from jaximus.files import read_json
 from jaximus.schema import flatten
 
 # Keys that may differ between runs of one comparison: the scheme itself and where/how the run is kept.
@@ -167,7 +168,8 @@ def load_run(path, name: str | None = None) -> Run:
 def _sweep_order(path: Path):
     """Runs of a sweep in the order of its manifest, then any others by name."""
     manifest = path / "sweep.json"
-    names = [p["name"] for p in json.loads(manifest.read_text())["points"]] if manifest.is_file() else []
+    names = [p["name"] for p in read_json(manifest, "delete it: the runs are listed by name without it")["points"]] \
+        if manifest.is_file() else []
     return lambda run_dir: (names.index(run_dir.name) if run_dir.name in names else len(names), run_dir.name)
 
 

@@ -14,7 +14,6 @@ import functools
 import importlib.util
 import itertools
 import json
-import os
 import re
 import signal
 import subprocess
@@ -27,9 +26,12 @@ from pathlib import Path
 
 from jaximus import UserError
 from jaximus.build import load_config
+from jaximus.cli import ArgumentParser
+from jaximus.files import atomic_write, read_json
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 RESERVED = ("run.out_dir", "run.name")  # the sweep decides where each point's run lives
+MANIFEST_FIX = "delete it and rerun: finished points are found by their summary.json, the others resume"
 
 
 def split_values(text: str) -> list[str]:
@@ -117,7 +119,7 @@ class Manifest:
     def __init__(self, out: Path, config: str, points: list[dict]):
         self.path = out / "sweep.json"
         self.lock = threading.Lock()
-        old = json.loads(self.path.read_text()) if self.path.is_file() else None
+        old = read_json(self.path, MANIFEST_FIX) if self.path.is_file() else None
         if old and old["config"] != config:
             raise UserError(f"{self.path} belongs to a sweep of {old['config']}, not {config}; choose another --out")
         known = {p["name"]: p for p in (old or {}).get("points", [])}
@@ -138,9 +140,7 @@ class Manifest:
             self.write()
 
     def write(self):
-        tmp = self.path.with_name("sweep.json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(self.data, indent=2))
 
 
 class Runner:
@@ -257,7 +257,7 @@ def run_sweep(out: Path, config: str, points: list[dict], parallel: int = 1, inl
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.sweep", description=__doc__.splitlines()[0],
+    parser = ArgumentParser(prog="python -m analysis.sweep", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--config", required=True, help="experiments/<exp>/config.py")
     parser.add_argument("--out", required=True, help="sweep directory: one run per point, sweep.json, logs/")

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from jaximus.cli import ArgumentParser
+
 # the peer lives beside the repository in the team checkout (shared/bench); --peer-script overrides
 PEER = Path(__file__).resolve().parents[2] / "shared" / "bench" / "torch_gpt_peer.py"
 
@@ -186,7 +188,7 @@ def summary(rows: list[dict]) -> list[str]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m jaximus.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="experiments/diloco_nanochat/config.py")
     ap.add_argument("--meshes", default="1x1,4x2,8x1", help="comma-separated replica x fsdp meshes")
     ap.add_argument("--dtypes", default="float32", help="model.compute_dtype values to time")

@@ -4,6 +4,7 @@ train.py, `python -m jaximus.inspect`, `python -m jaximus.bench` and the tests a
 This is the only module of jaximus that reaches the outer schemes, and only through their registry.
 """
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,6 +19,7 @@ from jaximus.data.loader import TrainLoader, validation_rows
 from jaximus.data.pipeline import open_data, train_loader
 from jaximus.data.split import island_of_topic, island_topics
 from jaximus.distributed import (
+    all_processes_agree,
     barrier,
     check_distributed,
     check_layout,
@@ -29,6 +31,7 @@ from jaximus.distributed import (
     replicated_input,
 )
 from jaximus.evaluate import split_val_rows, val_sharding
+from jaximus.files import RunLock, atomic_write
 from jaximus.ledger import Ledger
 from jaximus.log import make_logger, resolve_wandb_mode
 from jaximus.mesh import batch_sharding, enable_compile_cache, force_cpu_devices, make_mesh
@@ -85,6 +88,7 @@ class Run:
     checkpointer: Checkpointer | None = None
     progress: Progress | None = None
     ledger: Ledger | None = None
+    lock: RunLock | None = None  # process 0's hold on the run directory
 
     def batch(self, rows):
         """This process's islands' rows (n_local, B / R, T + 1) as the global batch."""
@@ -99,6 +103,8 @@ class Run:
         for part in (self.loader, self.logger, self.checkpointer):
             if part is not None:
                 part.close()
+        if self.lock is not None:
+            self.lock.release()
         self._mesh.__exit__(*exc)
 
 
@@ -137,12 +143,14 @@ def build(cfg, exp, purpose: str = "train") -> Run:
             return Run(state=abstract, **parts)
         if purpose == "measure":
             return Run(state=allocate(), **parts)
-        return _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, parts)
+        data, val_rows = _read_data(cfg, parts, run_dir)  # every check that reads, before anything is written
+        with _released_on_error(hold(run_dir)) as lock:
+            return _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, parts, data, val_rows, lock)
 
 
-def _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, parts) -> Run:
-    """Data, evaluation, the run directory and the state: restored from the newest checkpoint, or fresh."""
-    mesh, R, B, T = parts["mesh"], cfg.parallel.replica, cfg.data.batch_size, cfg.data.seq_len
+def _read_data(cfg, parts, run_dir):
+    """The tokenized data and the validation rows; records what they are in the run's info."""
+    R, B, T = cfg.parallel.replica, cfg.data.batch_size, cfg.data.seq_len
     data = open_data(cfg, say)
     source, tokenizer = data.source, data.tokenizer
     val_rows = validation_rows(source, tokenizer, T, B * math.ceil(cfg.eval.tokens / (B * T)))
@@ -153,6 +161,33 @@ def _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, part
     say(f"jaximus: {parts['info']['params']:,} params | {R} islands x {cfg.parallel.fsdp} devices "
         f"({cfg.parallel.strategy}) | outer {parts['scheme'].name} | {parts['perf']['tokens_per_step']:,} "
         f"tokens/step | peak {parts['info']['peak_source']} | run dir {run_dir}")
+    return data, val_rows
+
+
+def hold(run_dir: Path) -> RunLock | None:
+    """Process 0 locks the run directory before anything is written; every process stops if it is taken."""
+    lock = RunLock(run_dir) if is_primary() else None
+    holder = lock.acquire() if lock else None
+    if all_processes_agree(int(holder is not None)):
+        raise UserError(f"{run_dir}: in use by {holder or 'another run (see process 0)'}; wait for that run to end or "
+                        "stop it, or choose another run.name")
+    return lock
+
+
+@contextmanager
+def _released_on_error(lock):
+    """The lock goes with the Run (released when it closes); a failure before the Run exists releases it here."""
+    try:
+        yield lock
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, parts, data, val_rows, lock) -> Run:
+    """Evaluation, the run directory and the state: restored from the newest checkpoint, or fresh."""
+    mesh, R, B, tokenizer = parts["mesh"], cfg.parallel.replica, cfg.data.batch_size, data.tokenizer
     if cfg.run.resume == "fresh" and is_primary():  # only now that every check has passed
         clear(run_dir / "checkpoints")
     barrier("checkpoints cleared")
@@ -170,17 +205,16 @@ def _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, part
         state, progress = with_pretrained(cfg, exp["model"], allocate(), parts["shardings"]), Progress()
     evaluate = make_eval_step(nats_fn, tokenizer.token_bytes, mesh)
     if progress.step >= cfg.max_steps:  # nothing to train: leave the run directory as it is
-        return Run(state=state, evaluate=evaluate, checkpointer=checkpointer, progress=progress, **parts)
+        return Run(state=state, evaluate=evaluate, checkpointer=checkpointer, progress=progress, lock=lock, **parts)
     logger = make_logger(cfg, {**cfg.to_dict(), "resolved": parts["info"]}, cfg.max_steps, resume_step=progress.step)
     if is_primary():  # the run's own tokenizer, for jaximus.export
-        tokenizer.tokenizer.save(str(run_dir / "tokenizer.json.tmp"))
-        (run_dir / "tokenizer.json.tmp").replace(run_dir / "tokenizer.json")
+        atomic_write(run_dir / "tokenizer.json", tokenizer.tokenizer.to_str(pretty=True))
     islands = local_islands(mesh)
     loader = train_loader(cfg, data, islands, [progress.positions[r] for r in islands] if progress.positions else None)
     val_batches = replicated_input(split_val_rows(val_rows, R, B), val_sharding(mesh))
     return Run(state=state, evaluate=evaluate, val_batches=val_batches, loader=loader, logger=logger,
                checkpointer=checkpointer, progress=progress,
-               ledger=Ledger(parts["scheme"].ledger(), progress, R), **parts)
+               ledger=Ledger(parts["scheme"].ledger(), progress, R), lock=lock, **parts)
 
 
 def say(text: str) -> None:

@@ -4,14 +4,18 @@ A checkpoint holds the training state (islands and outer), the step, the data lo
 ledger's totals, the evaluations so far and the resolved config. Orbax writes to a temporary directory
 and renames it when complete, so a run killed mid-save leaves the previous checkpoint intact.
 """
-import json
+import contextlib
+import errno
+import logging
 import shutil
 import sys
 from pathlib import Path
 
+import jax
 import orbax.checkpoint as ocp
 
-from jaximus import UserError
+from jaximus import UserError, first_line
+from jaximus.files import FULL, free_bytes, io_error, read_json
 from jaximus.schema import flatten
 
 # Keys whose change alters the state's shapes or the data order: a resumed run must keep them.
@@ -53,11 +57,33 @@ class Checkpointer:
         self.dir = directory
         self.manager = ocp.CheckpointManager(directory.absolute(), options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=True))
+        logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax's writer threads log each failure; we say it once
 
     def save(self, step: int, state, meta: dict) -> None:
-        """Asynchronous: returns once the arrays are copied off the device; written in the background."""
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)), force=True)
+        """Asynchronous: returns once the arrays are copied off the device; written in the background.
+
+        The previous save is finished first, so its failure and its bytes are known; a state that cannot fit
+        in what is left is refused before anything is written."""
+        self.wait()
+        needed = sum(x.nbytes for x in jax.tree.leaves(state)) // jax.process_count()  # this process's islands
+        if free_bytes(self.dir) < needed:
+            raise io_error(OSError(errno.ENOSPC, "No space left on device"), self.dir, needed)
+        with self._failing_cleanly(needed):
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            meta=ocp.args.JsonSave(meta)), force=True)
+
+    @contextlib.contextmanager
+    def _failing_cleanly(self, needed: int | None = None):
+        """A failed write leaves no temporary directory and ends in one line."""
+        try:
+            yield
+        except Exception as e:
+            for tmp in self.dir.glob("*.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+            if "No space left" in str(e) or getattr(e, "errno", None) in FULL:
+                raise io_error(OSError(errno.ENOSPC, "No space left on device"), self.dir, needed) from None
+            raise UserError(f"{self.dir}: writing a checkpoint failed ({first_line(e)}); the earlier checkpoints "
+                            "are intact, rerun to resume from the newest") from None
 
     def restore(self, abstract_state, step: int | None = None):
         """(state, meta) from `step`, or from the newest checkpoint that reads back; None if none does."""
@@ -74,16 +100,24 @@ class Checkpointer:
                     self.manager.delete(newer)  # a rewind: later checkpoints belong to a future we replay
                 return out["state"], out["meta"]
             except Exception as e:  # a corrupt checkpoint: fall back to the one before it
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-                print(f"warning: checkpoint {self.dir / str(s)} is unreadable ({reason}); trying an older one",
+                print(f"warning: checkpoint {self.dir / str(s)} is unreadable ({first_line(e)}); trying an older one",
                       file=sys.stderr)
         return None
 
+    def discard_from(self, step: int) -> tuple[int | None, list[int]]:
+        """Delete the checkpoints at `step` and later: (the newest one left or None, the steps deleted)."""
+        self.wait()
+        removed = sorted(s for s in self.manager.all_steps() if s >= step)
+        for s in removed:
+            self.manager.delete(s)
+        return max(self.manager.all_steps(), default=None), removed
+
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._failing_cleanly():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
 
 
@@ -100,7 +134,7 @@ def check_resume(cfg, run_dir: Path) -> bool:
     saved = run_dir / "config.json"
     if not (run_dir / "checkpoints").is_dir() or not saved.exists():
         return False
-    saved = json.loads(saved.read_text())
+    saved = read_json(saved, f"restore it, or use run.resume=fresh to start {run_dir} over")
     changed = frozen_differences(saved, cfg.to_dict())
     if changed:
         raise UserError(f"{run_dir}: its checkpoints come from another config; changed: {'; '.join(changed)}. "

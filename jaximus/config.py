@@ -3,8 +3,8 @@
 Everything here runs before JAX initializes, so errors in the command line cost nothing.
 """
 import importlib.util
-import os
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -25,7 +25,10 @@ def _load_module(path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise UserError(f"{path}:{e.lineno}: syntax error ({e.msg}); fix the file") from None
     return module
 
 
@@ -93,8 +96,10 @@ def check_writable(directory: str, key: str) -> None:
     path = Path(directory).absolute()
     while not path.exists():
         path = path.parent
-    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"{key}={directory}: {path} is not a writable directory; choose another {key}")
+    try:  # a probe, not os.access: root passes every access check, and /proc refuses mkdir anyway
+        Path(tempfile.mkdtemp(dir=path, prefix=".jaximus-probe-")).rmdir()
+    except OSError:
+        raise UserError(f"{key}={directory}: {path} is not a writable directory; choose another {key}") from None
 
 
 def _one_line(e: BaseException) -> str:

@@ -4,11 +4,19 @@ Everything else is written against the global mesh. What differs with several pr
 who calls `jax.distributed.initialize`, which islands a process feeds, how host data becomes a global
 array and how a global array is read back on the host.
 """
+import os
+import sys
+import threading
+import time
+
 import jax
 import numpy as np
+from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
 
-from jaximus import UserError
+from jaximus import UserError, first_line
+
+_watch = None  # this process's PeerWatch when there are several processes
 
 
 def add_distributed_config(c) -> None:
@@ -41,14 +49,117 @@ def local_cpu_devices(cfg) -> int:
 
 
 def initialize(cfg) -> None:
-    """Join the other processes; must run before anything touches devices."""
+    """Join the other processes, then watch them; must run before anything touches devices.
+
+    JAX's own timeouts end in a C++ abort, so ours fire first: its join and heartbeat limits are set past
+    distributed.timeout_s, within which a one-line error names what is missing. One case stays JAX's: when
+    process 0 (which hosts the coordination service) dies, its client aborts the others at once; the
+    binding's callback for that cannot carry the status to Python (std::bad_cast in jaxlib 0.10.2)."""
+    global _watch
     d = cfg.distributed
+    if not d.auto and d.num_processes == 1:
+        return
+    limits = dict(initialization_timeout=int(d.timeout_s) + 30, heartbeat_timeout_seconds=int(max(100, 2 * d.timeout_s)))
+    where = "the cluster's coordinator" if d.auto else d.coordinator
+    late = threading.Timer(d.timeout_s, _abort, [f"not every process joined {where} within distributed.timeout_s="
+                                                 f"{d.timeout_s:g} s; start all of them with the same coordinator"])
+    late.daemon = True
+    late.start()
     if d.auto:
-        jax.distributed.initialize(initialization_timeout=d.timeout_s)
-    elif d.num_processes > 1:
+        jax.distributed.initialize(**limits)
+    else:
         print(f"jaximus: process {d.process_id} of {d.num_processes} joining {d.coordinator} (waiting up to "
               f"{d.timeout_s} s for the others)", flush=True)
-        jax.distributed.initialize(d.coordinator, d.num_processes, d.process_id, initialization_timeout=d.timeout_s)
+        jax.distributed.initialize(d.coordinator, d.num_processes, d.process_id, **limits)
+    late.cancel()
+    if jax.process_count() > 1:
+        _watch = PeerWatch(jax_distributed.global_state.client, jax.process_index(), jax.process_count(), d.timeout_s)
+
+
+def _abort(text: str) -> None:
+    """From a watching thread while the main one is blocked inside JAX: one line, then exit at once."""
+    print(f"error: distributed: {text}", file=sys.stderr, flush=True)
+    os._exit(2)
+
+
+class PeerWatch:
+    """Each process beats every timeout_s / 10 in the coordination service's key-value store with the last
+    step it finished. A peer silent for timeout_s / 2 (dead, stopped, cut off) ends every survivor in one
+    line; the store lives in process 0, so a store that stops answering means process 0 is gone."""
+
+    PREFIX = "jaximus/beat/"
+
+    def __init__(self, client, me: int, n: int, timeout_s: float):
+        self.client, self.me, self.n, self.limit, self.every = client, me, n, timeout_s / 2, timeout_s / 10
+        self.step, self.done = 0, False
+        self.answered = time.monotonic()
+        self.peers = {p: ["", 0, self.answered] for p in range(n) if p != me}  # beat, its step, when it changed
+        for target in (self._beat, self._judge):
+            threading.Thread(target=target, daemon=True).start()
+
+    def _beat(self):
+        count = 0
+        while True:
+            count += 1
+            try:
+                self.client.key_value_set(f"{self.PREFIX}{self.me}", f"{count} {self.step} {int(self.done)}",
+                                          allow_overwrite=True)
+                beats = self.client.key_value_dir_get(self.PREFIX)
+            except Exception:  # the store is gone or cut off: _judge sees that nothing was answered
+                beats = None
+            now = time.monotonic()
+            if beats is not None:
+                self.answered = now
+                for key, value in beats:
+                    pid, (beat, step, done) = int(key.rsplit("/", 1)[1]), value.split()
+                    if pid in self.peers and (self.peers[pid][0] != beat or done == "1"):
+                        self.peers[pid] = [beat, int(step), float("inf") if done == "1" else now]
+            time.sleep(self.every)
+
+    def _judge(self):
+        while not self.done:
+            time.sleep(self.every)
+            now = time.monotonic()
+            silent = [p for p, (_, _, seen) in self.peers.items() if now - seen > self.limit]
+            if now - self.answered > self.limit and self.me != 0:
+                silent = [0]
+            if silent and not self.done:
+                _abort(f"process {', '.join(map(str, silent))} of {self.n} stopped responding (silent for "
+                       f"{self.limit:g} s = distributed.timeout_s / 2); last step each reported: {self.steps()}. Rerun "
+                       "every process with the same command to resume from the last checkpoint")
+
+    def steps(self) -> str:
+        return ", ".join(f"p{p} {self.step if p == self.me else self.peers[p][1]}" for p in range(self.n))
+
+
+def step_finished(step: int) -> None:
+    """What this process's next beats tell the others."""
+    if _watch is not None:
+        _watch.step = step
+
+
+def processes_done() -> None:
+    """This process ends normally: the others stop expecting its beats."""
+    if _watch is not None:
+        _watch.done = True
+
+
+def leave(code: int) -> int:
+    """A failed process of several exits now: its peers, blocked on it, see its beats stop and end too
+    (a normal exit would wait for them in JAX's shutdown barrier while they wait for it)."""
+    if _watch is not None and code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def peer_failure(error: Exception) -> None:
+    """A collective failed: a peer is gone. Wait for the watch to say which (it exits); else say what JAX said."""
+    if _watch is None:
+        raise error
+    time.sleep(2 * _watch.limit + _watch.every)
+    _abort(f"a collective failed ({first_line(error)}) but every peer still answers; rerun to resume")
 
 
 def is_primary() -> bool:

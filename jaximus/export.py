@@ -7,8 +7,6 @@ default) and the run's tokenizer.json; writes model.safetensors, config.json and
 global model is the outer parameters (the islands' own for sync DP, whose islands never differ); under
 eager updates, where islands briefly hold different outer copies, island 0's.
 """
-import argparse
-import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,8 +14,10 @@ from types import SimpleNamespace
 import jax
 import numpy as np
 
-from jaximus import UserError
+from jaximus import UserError, first_line
+from jaximus.cli import ArgumentParser
 from jaximus.config import load_experiment
+from jaximus.files import read_json
 from jaximus.pretrained import save_checkpoint
 
 
@@ -48,7 +48,8 @@ def export(run_dir, out, step: int | None = None) -> list[Path]:
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise UserError(f"{run_dir}: no config.json; give a run directory that train.py wrote")
-    saved = json.loads((run_dir / "config.json").read_text())
+    saved = read_json(run_dir / "config.json", "the run directory is damaged; a run's config.json is rewritten "
+                      "when it resumes")
     exp = load_experiment(saved["resolved"]["experiment"])
     model = exp["model"]
     if not hasattr(model, "pretrained_config"):
@@ -59,7 +60,11 @@ def export(run_dir, out, step: int | None = None) -> list[Path]:
         raise UserError(f"{run_dir / 'checkpoints'}: no checkpoint {'at step ' + str(step) if step is not None else ''}"
                         f"(have {steps or 'none'})")
     step = steps[-1] if step is None else step
-    state = restore_numpy(run_dir / "checkpoints" / str(step) / "state")
+    try:
+        state = restore_numpy(run_dir / "checkpoints" / str(step) / "state")
+    except Exception as e:  # orbax, tensorstore: whatever a damaged checkpoint raises
+        raise UserError(f"{run_dir / 'checkpoints' / str(step)}: unreadable ({first_line(e)}); export another step "
+                        f"with --step (have {steps})") from None
     cfg = _namespace(saved)
     tokenizer = run_dir / "tokenizer.json"
     return save_checkpoint(out, global_params(state), model.pretrained_sources(cfg), model.pretrained_config(cfg),
@@ -67,7 +72,7 @@ def export(run_dir, out, step: int | None = None) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m jaximus.export", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m jaximus.export", description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
     ap.add_argument("--step", type=int)
     ap.add_argument("--out", required=True)

@@ -9,7 +9,6 @@ the HLO's, with the element types the cross-island collectives carry.
 device and count. In a notebook, `show_params(config_path, *overrides)` renders it with treescope
 when that is installed.
 """
-import argparse
 import json
 import math
 import sys
@@ -20,6 +19,7 @@ import numpy as np
 
 from jaximus import UserError
 from jaximus.build import SCHEMES, build, load_config, start
+from jaximus.cli import ArgumentParser
 from jaximus.distributed import is_primary
 from jaximus.hlo import cross_island, cross_island_bytes, processes_spanned
 from jaximus.mesh import batch_sharding
@@ -115,7 +115,7 @@ def _mib(n: float) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m jaximus.inspect", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--schemes", default=",".join(SCHEMES))
     ap.add_argument("--json", help="also write the reports to this file")

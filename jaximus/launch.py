@@ -7,7 +7,6 @@ brings 1/N of the fake CPU devices); output is merged line by line with a `[pN]`
 returns the first non-zero exit code; when one process fails, the others are stopped (SIGTERM, then
 SIGKILL after --grace seconds) so nothing waits on a dead peer.
 """
-import argparse
 import re
 import signal
 import socket
@@ -15,6 +14,8 @@ import subprocess
 import sys
 import threading
 import time
+
+from jaximus.cli import ArgumentParser
 
 
 def free_port() -> int:
@@ -68,9 +69,11 @@ class Launch:
             self.emit(pid, pending.decode(errors="replace"), "\n")
 
     def emit(self, pid: int, text: str, end: str):
+        """A child's `error:` line goes to stderr, where a user (or a script) looks for why it failed."""
+        stream = sys.stderr if text.startswith("error:") else sys.stdout
         with self.print_lock:
-            sys.stdout.write(f"[p{pid}] {text}{end}")
-            sys.stdout.flush()
+            stream.write(f"[p{pid}] {text}{end}")
+            stream.flush()
 
     def say(self, text: str):
         with self.print_lock:
@@ -129,7 +132,7 @@ class Launch:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
-    parser = argparse.ArgumentParser(prog="python -m jaximus.launch", description=__doc__.splitlines()[0],
+    parser = ArgumentParser(prog="python -m jaximus.launch", description=__doc__.splitlines()[0],
                                      usage="python -m jaximus.launch [--processes N] [--grace S] -- COMMAND ...")
     parser.add_argument("--processes", type=int, default=2, help="processes to start (default 2)")
     parser.add_argument("--grace", type=float, default=20.0,

@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 from jaximus import UserError
 from jaximus.distributed import is_primary
+from jaximus.files import append_line, atomic_write
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -32,18 +33,12 @@ def resolve_wandb_mode(mode: str) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _keep_metrics_until(path: Path, step: int) -> None:
     """A resumed run continues metrics.jsonl from its checkpoint: later lines (or all, on a fresh start) go."""
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    _atomic_write(path, "".join(line + "\n" for line in kept))
+    atomic_write(path, "".join(line + "\n" for line in kept))
 
 
 class RunLogger:
@@ -54,7 +49,7 @@ class RunLogger:
         self.every = cfg.log.every
         self.dir.mkdir(parents=True, exist_ok=True)
         _keep_metrics_until(self.dir / "metrics.jsonl", resume_step)
-        _atomic_write(self.dir / "config.json", json.dumps({**config_dict, "git_commit": git_commit()}, indent=2))
+        atomic_write(self.dir / "config.json", json.dumps({**config_dict, "git_commit": git_commit()}, indent=2))
         self.metrics = open(self.dir / "metrics.jsonl", "a")
         mode = resolve_wandb_mode(cfg.wandb.mode)
         self.wandb = None
@@ -66,8 +61,7 @@ class RunLogger:
         self.bar = tqdm(total=total_steps, desc=cfg.run.name, dynamic_ncols=True, mininterval=1.0)
 
     def log(self, metrics: dict) -> None:
-        self.metrics.write(json.dumps(metrics) + "\n")
-        self.metrics.flush()
+        append_line(self.metrics, json.dumps(metrics))
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
         shown = {k.split("/")[-1]: v for k, v in metrics.items()
@@ -78,7 +72,7 @@ class RunLogger:
         self.bar.update(steps)
 
     def write_summary(self, summary: dict) -> None:
-        _atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2))
+        atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2))
         if self.wandb is not None:
             self.wandb.summary.update(summary)
 

@@ -3,6 +3,7 @@
 Losses are read one step late so the host never stalls the device. Every scheme goes through the same
 calls: the loop never asks which scheme it runs.
 """
+import contextlib
 import functools
 import json
 import math
@@ -18,8 +19,9 @@ import numpy as np
 from jaximus import UserError
 from jaximus.accounting import mfu
 from jaximus.checkpoint import SCHEDULE_KEY, schedule_length
-from jaximus.distributed import all_processes_agree, gather_islands, is_primary, to_host
+from jaximus.distributed import all_processes_agree, gather_islands, is_primary, step_finished, to_host
 from jaximus.evaluate import evaluate
+from jaximus.guard import Diverged, DivergenceGuard
 from jaximus.islands import present_weights
 from jaximus.schema import flatten
 
@@ -51,6 +53,7 @@ def advance(run, state, step: int):
             metrics.update({"outer/islands_present": int((weights > 0).sum()),
                             "outer/present": "".join("1" if w > 0 else "0" for w in weights)})
     run.progress.step = done
+    step_finished(done)
     return state, loss, {**metrics, **run.ledger.metrics()}
 
 
@@ -75,16 +78,16 @@ def train(run) -> dict:
     else:
         logger.advance(progress.step)
     clock = {"last": time.perf_counter(), "times": []}
-    pending = None
-    with Interrupt() as interrupt:
+    guard, pending = DivergenceGuard(cfg, progress.evals[0]["val/loss"]), None
+    with Interrupt() as interrupt, stopped_if_diverged(run, guard):
         for step in range(progress.step, cfg.max_steps):
             state, loss, metrics = advance(run, state, step)
             done, last = step + 1, step + 1 == cfg.max_steps
             if pending is not None:
-                _report(*pending, run, clock)  # the previous step, read while this one runs
+                _report(*pending, run, clock, guard)  # the previous step, read while this one runs
             pending = (loss, metrics, time.perf_counter() if _serialize() else None)
             if done % cfg.eval.every == 0 or last:
-                _report(*pending, run, clock)
+                _report(*pending, run, clock, guard)
                 pending = None
                 progress.evals[done] = evaluate_global(run, state)
                 logger.log({"step": done, "tokens": metrics["tokens"], **progress.evals[done]})
@@ -92,7 +95,7 @@ def train(run) -> dict:
             stop = all_processes_agree(interrupt.signum or 0)  # every process stops at the same step
             if done % cfg.checkpoint.every == 0 or last or stop:
                 if pending is not None:  # every logged step is covered by the checkpoint that follows it
-                    _report(*pending, run, clock)
+                    _report(*pending, run, clock, guard)
                     pending = None
                 save(run, state)
             if stop and not last:
@@ -107,6 +110,17 @@ def train(run) -> dict:
          f"cross-island ({summary['comm/wire_bytes'] / 2**20:,.1f} MiB on the wire) in {summary['comm/syncs']} syncs | "
          f"run dir {run_dir}")
     return summary
+
+
+@contextlib.contextmanager
+def stopped_if_diverged(run, guard):
+    """A diverged run ends in one line; checkpoints from the diverging steps are removed, so a rerun resumes
+    from the last good one. The loss of step k is that of the state after k - 1 steps."""
+    try:
+        yield
+    except Diverged as e:
+        kept, removed = run.checkpointer.discard_from(e.first - 1)
+        raise UserError(guard.explain(e, kept, removed)) from None
 
 
 def save(run, state) -> None:
@@ -191,7 +205,7 @@ def _summary(cfg, progress, clock, run) -> dict:
             "comm/island_bytes": list(progress.island_bytes), "comm/island_wire_bytes": list(progress.island_wire)}
 
 
-def _report(loss, metrics, ready_at, run, clock):
+def _report(loss, metrics, ready_at, run, clock, guard):
     """Log one step once its losses are on the host; step time is the gap between completions."""
     perf, logger = run.perf, run.logger
     losses = [float(x) for x in to_host(loss)]
@@ -201,6 +215,7 @@ def _report(loss, metrics, ready_at, run, clock):
     if not all(math.isfinite(x) for x in losses):
         raise UserError(f"step {metrics['step']}: non-finite training loss {losses}; lower the learning "
                         "rates or check the data")
+    guard.check(metrics["step"], sum(losses) / len(losses))
     tokens_per_sec = perf["tokens_per_step"] / dt
     metrics = {**metrics, "train/loss": sum(losses) / len(losses),
                **{f"train/island_loss/{r}": x for r, x in enumerate(losses)},

@@ -14,8 +14,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaximus import UserError
+from jaximus import UserError, first_line
+from jaximus.files import atomic_write, io_error, read_json
 from jaximus.state import IslandState, OuterState
+
+DAMAGED = "model.init_from names a damaged checkpoint; download or export it again"
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ def read_config(directory) -> dict:
         raise UserError(f"model.init_from={directory}: no such directory; give a Hugging Face checkpoint directory")
     if not (path / "config.json").is_file():
         raise UserError(f"model.init_from={directory}: no config.json there; give a Hugging Face checkpoint directory")
-    return json.loads((path / "config.json").read_text())
+    return read_json(path / "config.json", DAMAGED)
 
 
 @functools.cache
@@ -84,17 +87,25 @@ class Checkpoint:
     """The tensors of a checkpoint directory by name, memory-mapped."""
 
     def __init__(self, directory):
-        from safetensors import safe_open
         self.dir = Path(directory)
         index = self.dir / "model.safetensors.index.json"
         if index.is_file():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            files = sorted(set(read_json(index, DAMAGED).get("weight_map", {}).values()))
         else:
             files = [p.name for p in sorted(self.dir.glob("*.safetensors"))]
         if not files:
             raise UserError(f"model.init_from={self.dir}: no *.safetensors files there")
-        self.handles = [safe_open(str(self.dir / f), "np") for f in files]
+        self.handles = [self._open(self.dir / f) for f in files]
         self.where = {k: h for h in self.handles for k in h.keys()}
+
+    @staticmethod
+    def _open(path: Path):
+        from safetensors import safe_open
+        try:
+            return safe_open(str(path), "np")
+        except Exception as e:  # SafetensorError on a truncated or foreign file
+            raise UserError(f"model.init_from: {path} is not a readable safetensors file ({first_line(e)}); "
+                            "the checkpoint is damaged or incomplete") from None
 
     def shape(self, name: str) -> tuple[int, ...]:
         if name not in self.where:
@@ -195,11 +206,15 @@ def save_checkpoint(out, params: dict, sources: dict, config: dict, tokenizer_js
             t = x[i] if source.layers else x
             tensors[name] = np.ascontiguousarray(t.T if source.transpose else t)
     tmp = out / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    try:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise io_error(e, out, sum(t.nbytes for t in tensors.values())) from None
     tmp.replace(out / "model.safetensors")
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    atomic_write(out / "config.json", json.dumps(config, indent=2) + "\n")
     written = [out / "model.safetensors", out / "config.json"]
     if tokenizer_json is not None:
-        (out / "tokenizer.json").write_text(Path(tokenizer_json).read_text())
+        atomic_write(out / "tokenizer.json", Path(tokenizer_json).read_text())
         written.append(out / "tokenizer.json")
     return written

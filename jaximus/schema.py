@@ -129,6 +129,8 @@ SCHEMA = {
     "checkpoint.every": integer(1),
     "checkpoint.keep": integer(1),
     "log.every": integer(1),
+    "guard.loss_margin": number(0),
+    "guard.patience": integer(0),
     "wandb.mode": text("auto", "online", "offline", "disabled"),
     "wandb.project": text(),
     "distributed.coordinator": text(optional=True),

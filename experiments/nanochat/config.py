@@ -10,6 +10,7 @@ import sws
 
 from jaximus import UserError
 from jaximus.distributed import add_distributed_config
+from jaximus.guard import add_guard_config
 from jaximus.pretrained import add_checkpoint_defaults
 from jaximus.schema import Spec, integer, number, text
 from outer_optimizers import add_outer_config
@@ -90,6 +91,7 @@ def add_run_config(c) -> sws.Config:
     c.checkpoint.every = 20
     c.checkpoint.keep = 2
     c.log.every = 1
+    add_guard_config(c)  # stop a run whose loss stays above its start (jaximus/guard.py)
     c.wandb.mode = "auto"  # online | offline | disabled; auto = online only with an API key
     c.wandb.project = "jaximus"
     return c

@@ -3,9 +3,11 @@
 A source yields (raw index, text) from a start index, deterministically. Every VAL_MOD-th document is
 held out for validation, the same rule for every source, so a stream needs no second pass to split.
 """
+import codecs
 import functools
 import glob
 import hashlib
+import json
 import os
 import socket
 import sys
@@ -13,7 +15,7 @@ import sysconfig
 from pathlib import Path
 from typing import Iterator
 
-from jaximus import UserError
+from jaximus import UserError, first_line
 
 VAL_MOD = 50  # document k is validation iff k % VAL_MOD == VAL_MOD - 1 (2% held out)
 
@@ -67,6 +69,7 @@ class DatasetsSource:
     def __init__(self, builder: str, name: str | None, data_files, text_column: str, description: str):
         import datasets
 
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors reach the user as our one line
         kwargs = {"data_files": data_files} if data_files else {}
         if builder == "text":
             kwargs["sample_by"] = "document"
@@ -74,15 +77,24 @@ class DatasetsSource:
         self.text_column = text_column
         self.name = description
         self.fingerprint = hashlib.sha256(repr((builder, name, data_files, text_column)).encode()).hexdigest()[:16]
-        first = next(iter(self.dataset), None)
+        first = next(iter(self.dataset), None)  # jsonl/parquet decode errors surface here, named by _files_source
         if first is None:
             raise UserError(f"{description}: no documents")
         if text_column not in first:
             raise UserError(f"data.text_column={text_column!r}: not among the columns {sorted(first)} of {description}")
 
     def documents(self, start: int = 0) -> Iterator[tuple[int, str]]:
-        for k, row in enumerate(self.dataset.skip(start) if start else self.dataset, start=start):
+        rows = iter(self.dataset.skip(start) if start else self.dataset)
+        k = start
+        while True:
+            try:
+                row = next(rows, None)
+            except Exception as e:  # a file damaged past its first document
+                raise UserError(f"{self.name}: unreadable after document {k} ({first_line(e)}); check the files") from None
+            if row is None:
+                return
             yield k, row[self.text_column]
+            k += 1
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -104,7 +116,42 @@ def _files_source(patterns, text_column: str) -> DatasetsSource:
         raise UserError(f"data.files: {sorted(suffixes)}: use one kind of .parquet, .jsonl or .txt file")
     builder = builders[suffixes.pop()]
     column = "text" if builder == "text" else text_column
-    return DatasetsSource(builder, None, files, column, f"local {builder} files ({len(files)})")
+    for f in files:
+        _check_file(Path(f), builder)
+    try:
+        return DatasetsSource(builder, None, files, column, f"local {builder} files ({len(files)})")
+    except UserError:
+        raise
+    except Exception as e:  # datasets' own decoders: pyarrow, pandas, utf-8
+        raise UserError(f"data.files={patterns}: unreadable as {builder} ({first_line(e)}); check the files") from None
+
+
+def _check_file(path: Path, builder: str) -> None:
+    """A damaged local file is named before datasets meets it mid-stream: empty, not UTF-8, or not JSON."""
+    if path.is_dir() or path.stat().st_size == 0:
+        raise UserError(f"data.files: {path} is empty; remove it or point data.files elsewhere")
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            pq.ParquetFile(path).metadata
+        except Exception as e:
+            raise UserError(f"data.files: {path} is not a readable parquet file ({first_line(e)})") from None
+        return
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a cut multibyte char is fine
+    except UnicodeDecodeError as e:
+        raise UserError(f"data.files: {path} is not UTF-8 text (byte {e.start}); is it a binary file?") from None
+    if builder == "json":
+        line = next((row for row in text.splitlines() if row.strip()), "")
+        try:
+            if not isinstance(json.loads(line), dict):
+                raise ValueError("a line is not a JSON object")
+        except ValueError as e:
+            raise UserError(f"data.files: {path}: the first line is not a JSON object ({first_line(e)}); "
+                            "a .jsonl file holds one object per line") from None
 
 
 def _hub_source(hf_name, text_column: str) -> DatasetsSource:
@@ -117,8 +164,7 @@ def _hub_source(hf_name, text_column: str) -> DatasetsSource:
     except UserError:
         raise
     except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise UserError(f"data.hf_name={[path, name]}: cannot load ({reason}); {hint}") from None
+        raise UserError(f"data.hf_name={[path, name]}: cannot load ({first_line(e)}); {hint}") from None
 
 
 def open_source(data_cfg):

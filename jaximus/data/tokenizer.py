@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from jaximus import UserError
+from jaximus import UserError, first_line
 from jaximus.data.sources import is_val
 
 SPECIAL_TOKENS = ["<|bos|>"]  # base pretraining uses only BOS (nanochat's chat tokens are not needed)
@@ -80,7 +80,11 @@ def load_tokenizer(source, data_cfg, vocab_size: int) -> BPETokenizer:
         path = Path(data_cfg.tokenizer_path)
         if not path.is_file():
             raise UserError(f"data.tokenizer_path={path}: no such file; give a saved tokenizer.json or unset it")
-        tok = BPETokenizer(Tokenizer.from_file(str(path)))
+        try:
+            tok = BPETokenizer(Tokenizer.from_file(str(path)))
+        except Exception as e:  # the tokenizers library raises a bare Exception on a damaged file
+            raise UserError(f"data.tokenizer_path={path}: not a readable tokenizer.json ({first_line(e)}); give one "
+                            "saved by the tokenizers library, or unset it to train one") from None
         if tok.vocab_size > vocab_size:
             raise UserError(f"data.tokenizer_path: {tok.vocab_size} tokens do not fit model.vocab_size={vocab_size}")
         return tok
@@ -88,7 +92,10 @@ def load_tokenizer(source, data_cfg, vocab_size: int) -> BPETokenizer:
     key = hashlib.sha256(f"{source.fingerprint}|{vocab_size}|{chars}|{SPLIT_PATTERN}".encode()).hexdigest()[:16]
     path = Path(data_cfg.cache_dir) / "tokenizers" / f"bpe-{vocab_size}-{key}.json"
     if path.is_file():
-        return BPETokenizer(Tokenizer.from_file(str(path)))
+        try:
+            return BPETokenizer(Tokenizer.from_file(str(path)))
+        except Exception:  # a damaged cache entry is trained again
+            path.unlink()
     tok = _train(_training_texts(source, chars), vocab_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
