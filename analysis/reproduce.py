@@ -185,7 +185,7 @@ def list_text() -> str:
 
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m analysis.reproduce", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("name", nargs="?", help=f"one of {', '.join(REPRODUCTIONS)}, or all")
     parser.add_argument("overrides", nargs="*", help="key=value for every point, e.g. model.depth=6 max_steps=2000")
     parser.add_argument("--list", action="store_true", help="the reproductions and their CPU time")

@@ -129,7 +129,6 @@ class Manifest:
                                 "choose another --out")
         self.data = {"config": config, "points": [*known.values(), *(p for p in points if p["name"] not in known)],
                      "status": (old or {}).get("status", {})}
-        self.write()
 
     def done(self, name: str) -> bool:
         return self.data["status"].get(name, {}).get("state") == "done"
@@ -228,8 +227,9 @@ def run_sweep(out: Path, config: str, points: list[dict], parallel: int = 1, inl
     """Run the checked points into `out` (skipping finished ones); 0, 1 when a point failed, 2 on bad input,
     128 + signal when interrupted."""
     try:
+        manifest = Manifest(out, config, points)  # checked before anything is written
         (out / "logs").mkdir(parents=True, exist_ok=True)
-        manifest = Manifest(out, config, points)
+        manifest.write()
     except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -258,7 +258,7 @@ def run_sweep(out: Path, config: str, points: list[dict], parallel: int = 1, inl
 
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m analysis.sweep", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--config", required=True, help="experiments/<exp>/config.py")
     parser.add_argument("--out", required=True, help="sweep directory: one run per point, sweep.json, logs/")
     parser.add_argument("--grid", action="append", default=[], help='another grid, e.g. "outer.name=sync"')

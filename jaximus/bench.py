@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from jaximus import UserError
 from jaximus.cli import ArgumentParser
 
 # the peer lives beside the repository in the team checkout (shared/bench); --peer-script overrides
@@ -137,15 +138,20 @@ def _child(config_path, overrides, steps) -> dict:
     cmd = [sys.executable, "-m", "jaximus.bench", "--child", "--config", config_path, "--steps", str(steps), *overrides]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode:
-        sys.exit(f"error: benchmark child failed: {out.stderr.strip().splitlines()[-1:]}")
+        raise UserError(f"the benchmark of {' '.join(overrides)} failed: {_last_line(out)}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _last_line(out: subprocess.CompletedProcess) -> str:
+    """What a failed child said last (its own `error:` line, when it gave one)."""
+    return (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1].removeprefix("error: ")
 
 
 def _peer(python: str, script: str, cfg_overrides: list, amp: str, steps: int) -> dict:
     cmd = [python, script, "--compile", "--amp", amp, "--steps", str(steps), "--json", *cfg_overrides]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode:
-        sys.exit(f"error: peer failed: {out.stderr.strip().splitlines()[-1:]}")
+        raise UserError(f"--peer {python}: the PyTorch peer failed: {_last_line(out)}")
     stats = json.loads(out.stdout.strip().splitlines()[-2])
     return {"impl": "torch peer (compiled)", "mesh": "1 process", "dtype": amp, "tokens_per_sec": stats["tokens_per_sec"],
             "step_s": stats["step_s"], "compile_s": stats["compile_overhead_s"], "mfu": None}
@@ -201,9 +207,22 @@ def main(argv=None):
     ap.add_argument("--json", help="also write every row to this file")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args, overrides = ap.parse_known_args(argv)
-    if args.child:
-        print(json.dumps(measure(args.config, overrides, args.steps)))
-        return
+    flags = [o for o in overrides if "=" not in o]
+    if flags:
+        ap.error(f"unrecognized arguments: {' '.join(flags)} (overrides are key=value)")
+    try:
+        if args.child:
+            print(json.dumps(measure(args.config, overrides, args.steps)))
+        else:
+            run_benchmark(args, overrides)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_benchmark(args, overrides: list[str]) -> None:
+    """Every mesh, dtype and depth in its own child, alternated over the rounds; then the table."""
     os.environ.setdefault("WANDB_MODE", "disabled")
     rows = []
     for _ in range(args.rounds):
@@ -236,4 +255,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -118,6 +118,7 @@ def build(cfg, exp, purpose: str = "train") -> Run:
     if purpose == "train":  # every check that can fail on the run directory, before anything is written
         check_writable(cfg.run.out_dir, "run.out_dir")
         check_writable(str(run_dir / "checkpoints"), "run.out_dir")
+        refuse_if_in_use(run_dir)
         resuming = check_resume(cfg, run_dir)
         resolve_wandb_mode(cfg.wandb.mode)
     tx, resolved, schedules = exp["optimizer"].make_optimizer(cfg)
@@ -164,14 +165,26 @@ def _read_data(cfg, parts, run_dir):
     return data, val_rows
 
 
+def refuse_if_in_use(run_dir: Path) -> None:
+    """A run directory another run holds is named first, before its files are read as this run's."""
+    holder = RunLock(run_dir).held_by() if is_primary() else None
+    if all_processes_agree(int(holder is not None)):
+        raise UserError(_in_use(run_dir, holder))
+
+
 def hold(run_dir: Path) -> RunLock | None:
-    """Process 0 locks the run directory before anything is written; every process stops if it is taken."""
+    """Process 0 locks the run directory before anything is written; every process stops if it is taken
+    (a second run may have started since refuse_if_in_use)."""
     lock = RunLock(run_dir) if is_primary() else None
     holder = lock.acquire() if lock else None
     if all_processes_agree(int(holder is not None)):
-        raise UserError(f"{run_dir}: in use by {holder or 'another run (see process 0)'}; wait for that run to end or "
-                        "stop it, or choose another run.name")
+        raise UserError(_in_use(run_dir, holder))
     return lock
+
+
+def _in_use(run_dir: Path, holder: str | None) -> str:
+    return (f"{run_dir}: in use by {holder or 'another run (see process 0)'}; wait for that run to end or stop it, "
+            "or choose another run.name")
 
 
 @contextmanager

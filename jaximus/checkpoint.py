@@ -127,13 +127,17 @@ def clear(directory: Path) -> None:
         shutil.rmtree(directory)
 
 
+def _entries(directory: Path) -> list[Path]:
+    return list(directory.iterdir()) if directory.is_dir() else []
+
+
 def check_resume(cfg, run_dir: Path) -> bool:
     """Whether to restore; fails, before anything is written, on a frozen key changed since the checkpoints."""
     if cfg.run.resume == "fresh":
         return False
     saved = run_dir / "config.json"
-    if not (run_dir / "checkpoints").is_dir() or not saved.exists():
-        return False
+    if not saved.exists() or not any(p.name.isdigit() for p in _entries(run_dir / "checkpoints")):
+        return False  # nothing to resume from: a run that stopped before its first save starts over
     saved = read_json(saved, f"restore it, or use run.resume=fresh to start {run_dir} over")
     changed = frozen_differences(saved, cfg.to_dict())
     if changed:

@@ -48,13 +48,15 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def append_line(f, line: str) -> None:
-    """One whole line at the end of an open file, or none: a failed write is cut back off."""
-    end = f.tell()
+    """One whole line at the end of a file opened unbuffered ("ab", buffering=0), or none: a failed write is cut
+    back off. Unbuffered, because a buffered file retries its pending bytes on truncate and on close."""
+    data = memoryview((line + "\n").encode())
+    end = os.lseek(f.fileno(), 0, os.SEEK_END)
     try:
-        f.write(line + "\n")
-        f.flush()
+        while data:
+            data = data[f.write(data):]
     except OSError as e:
-        f.truncate(end)
+        os.ftruncate(f.fileno(), end)
         raise io_error(e, Path(f.name).parent, len(line) + 1) from None
 
 
@@ -97,6 +99,20 @@ class RunLock:
         os.pwrite(fd, record.encode(), 0)
         self.fd = fd
         return None
+
+    def held_by(self) -> str | None:
+        """The holder, as a phrase, while a live process holds the lock; None otherwise. Writes nothing."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            return self._holder(fd) or "another process"
+        finally:
+            os.close(fd)  # and with it the shared lock, if it was taken
 
     @staticmethod
     def _holder(fd: int) -> str | None:

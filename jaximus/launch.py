@@ -133,11 +133,14 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     parser = ArgumentParser(prog="python -m jaximus.launch", description=__doc__.splitlines()[0],
-                                     usage="python -m jaximus.launch [--processes N] [--grace S] -- COMMAND ...")
+                            usage="python -m jaximus.launch [--processes N] [--grace S] -- COMMAND ...")
     parser.add_argument("--processes", type=int, default=2, help="processes to start (default 2)")
     parser.add_argument("--grace", type=float, default=20.0,
                         help="seconds the others get to stop after one fails, before SIGKILL (default 20)")
-    args = parser.parse_args(argv[:split])
+    args, stray = parser.parse_known_args(argv[:split])
+    if stray:  # the usual slip: the command given without the `--` before it
+        parser.error(f"{stray[0]} is not a launcher flag; put the command after --, as in "
+                     "python -m jaximus.launch --processes 2 -- train.py --config ...")
     command = argv[split + 1:]
     if args.processes < 1 or not command:
         print("error: usage: python -m jaximus.launch --processes N -- train.py --config ... [key=value ...] "

@@ -37,8 +37,16 @@ def _keep_metrics_until(path: Path, step: int) -> None:
     """A resumed run continues metrics.jsonl from its checkpoint: later lines (or all, on a fresh start) go."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = [line for line in path.read_text().splitlines() if step and (row := _row(line)) and row["step"] <= step]
     atomic_write(path, "".join(line + "\n" for line in kept))
+
+
+def _row(line: str) -> dict | None:
+    """A metrics line, or None for a blank or cut one (a line an older jaximus left half-written)."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 class RunLogger:
@@ -50,7 +58,7 @@ class RunLogger:
         self.dir.mkdir(parents=True, exist_ok=True)
         _keep_metrics_until(self.dir / "metrics.jsonl", resume_step)
         atomic_write(self.dir / "config.json", json.dumps({**config_dict, "git_commit": git_commit()}, indent=2))
-        self.metrics = open(self.dir / "metrics.jsonl", "a")
+        self.metrics = open(self.dir / "metrics.jsonl", "ab", buffering=0)  # see append_line
         mode = resolve_wandb_mode(cfg.wandb.mode)
         self.wandb = None
         if mode != "disabled":

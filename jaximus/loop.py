@@ -5,7 +5,6 @@ calls: the loop never asks which scheme it runs.
 """
 import contextlib
 import functools
-import json
 import math
 import os
 import signal
@@ -21,6 +20,7 @@ from jaximus.accounting import mfu
 from jaximus.checkpoint import SCHEDULE_KEY, schedule_length
 from jaximus.distributed import all_processes_agree, gather_islands, is_primary, step_finished, to_host
 from jaximus.evaluate import evaluate
+from jaximus.files import read_json
 from jaximus.guard import Diverged, DivergenceGuard
 from jaximus.islands import present_weights
 from jaximus.schema import flatten
@@ -70,7 +70,7 @@ def train(run) -> dict:
         _say(f"jaximus: already complete at step {progress.step}; to train further, raise max_steps and keep its "
              f"schedule with {SCHEDULE_KEY}={schedule_length(flatten(cfg.to_dict()))}")
         path = os.path.join(run_dir, "summary.json")
-        return json.loads(open(path).read()) if os.path.exists(path) else {}
+        return read_json(path, "delete it; it is written again when a run completes") if os.path.exists(path) else {}
     state = run.state
     if progress.step == 0:
         progress.evals[0] = evaluate_global(run, state)
