@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from jaximus import UserError, first_line
 
@@ -78,7 +79,8 @@ def initialize(cfg) -> None:
 
 def _abort(text: str) -> None:
     """From a watching thread while the main one is blocked inside JAX: one line, then exit at once."""
-    print(f"error: distributed: {text}", file=sys.stderr, flush=True)
+    tqdm.write(f"error: distributed: {text}", file=sys.stderr)  # on a line of its own, past the progress bar
+    sys.stderr.flush()
     os._exit(2)
 
 

@@ -9,6 +9,7 @@ import time
 import pytest
 from conftest import ROOT, TINY
 
+from jaximus.launch import free_port
 from train import main as train_main
 
 DILOCO = "experiments/diloco_nanochat/config.py"
@@ -109,6 +110,40 @@ def test_killing_one_process_stops_the_launch_with_a_clear_message(tmp_path):
     assert code == 137
     assert "launch: failed: process 1 of 2, killed by SIGKILL" in stderr
     assert subprocess.run(["pgrep", "-f", f"run.name={name}"], capture_output=True).returncode == 1  # none left
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["dead", "stalled"])
+def test_a_lost_peer_of_a_run_joined_by_hand_is_named_within_the_timeout(tmp_path, how):
+    """No launcher to stop the survivor: its own watch sees the peer's beats stop and ends it in one line."""
+    timeout_s = 10
+    command = [sys.executable, "train.py", "--config", DILOCO, *TINY, "max_steps=100000", "eval.every=100000",
+               "checkpoint.every=100000", f"run.out_dir={tmp_path}", "run.name=peers", "distributed.num_processes=2",
+               f"distributed.coordinator=127.0.0.1:{free_port()}", f"distributed.timeout_s={timeout_s}"]
+    logs = [open(tmp_path / f"p{i}.err", "w") for i in range(2)]
+    procs = [subprocess.Popen([*command, f"distributed.process_id={i}"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=logs[i]) for i in range(2)]
+    try:
+        deadline, log = time.monotonic() + TIMEOUT, tmp_path / "peers" / "metrics.jsonl"
+        while not (log.is_file() and log.read_text().count("\n") >= 3):  # both processes are training
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), (tmp_path / "p0.err").read_text()
+            time.sleep(0.2)
+        procs[1].send_signal(how)
+        killed = time.monotonic()
+        assert procs[0].wait(timeout=3 * timeout_s) == 2
+        assert time.monotonic() - killed < timeout_s
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        for f in logs:
+            f.close()
+    err = (tmp_path / "p0.err").read_text()
+    errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    assert errors[0].startswith(f"error: distributed: process 1 of 2 stopped responding (silent for {timeout_s / 2:g} s")
+    steps = errors[0].split("last step each reported: ")[1].split(".")[0]
+    p0, p1 = (int(part.split()[1]) for part in steps.split(", "))
+    assert p0 >= 3 and 0 <= p1 <= p0  # p0 logged step 2 a step late; p1's is its last beat's (1 s = timeout_s / 10)
 
 
 def test_distributed_keys_are_checked(tmp_path, capsys):
