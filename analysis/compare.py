@@ -170,9 +170,9 @@ def _step_time(text: str):
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError("--step-time takes seconds per inner step or 'measured'") from None
+        raise argparse.ArgumentTypeError("takes seconds per inner step or 'measured'") from None
     if value <= 0:
-        raise argparse.ArgumentTypeError("--step-time must be > 0 seconds")
+        raise argparse.ArgumentTypeError("must be > 0 seconds per inner step")
     return value
 
 

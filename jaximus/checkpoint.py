@@ -54,7 +54,7 @@ def _norm(v):
 
 class Checkpointer:
     def __init__(self, directory: Path, keep: int):
-        self.dir = directory
+        self.dir, self.writing = directory, None
         self.manager = ocp.CheckpointManager(directory.absolute(), options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=True))
         logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax's writer threads log each failure; we say it once
@@ -68,6 +68,7 @@ class Checkpointer:
         needed = sum(x.nbytes for x in jax.tree.leaves(state)) // jax.process_count()  # this process's islands
         if free_bytes(self.dir) < needed:
             raise io_error(OSError(errno.ENOSPC, "No space left on device"), self.dir, needed)
+        self.writing = needed  # what a failure in the writer threads (seen by wait) reports
         with self._failing_cleanly(needed):
             self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                             meta=ocp.args.JsonSave(meta)), force=True)
@@ -113,7 +114,7 @@ class Checkpointer:
         return max(self.manager.all_steps(), default=None), removed
 
     def wait(self) -> None:
-        with self._failing_cleanly():
+        with self._failing_cleanly(self.writing):
             self.manager.wait_until_finished()
 
     def close(self) -> None:
