@@ -8,7 +8,7 @@ from jaximus.files import read_json
 from jaximus.schema import flatten
 
 # Keys that may differ between runs of one comparison: the scheme itself and where/how the run is kept.
-COMPARABLE_EXCEPT = ("outer.", "run.", "faults.", "log.", "wandb.", "checkpoint.", "resolved.", "git_commit",
+COMPARABLE_EXCEPT = ("outer.", "run.", "faults.", "log.", "wandb.", "checkpoint.", "guard.", "resolved.", "git_",
                      "data.cache_dir", "data.prefetch", "eval.every")
 
 

@@ -1,4 +1,5 @@
 """The run directory: config.json, metrics.jsonl, summary.json, a progress bar, and wandb mirroring them."""
+import hashlib
 import json
 import os
 import subprocess
@@ -13,13 +14,22 @@ from jaximus.files import append_line, atomic_write
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
-def git_commit() -> str | None:
+def git_provenance(where: Path = Path(__file__).resolve().parent) -> dict:
+    """The commit the code came from, whether the tree differed from it, and a hash of the difference (tracked
+    changes and untracked files), so two runs from one dirty tree can be told apart from two different ones."""
+    def git(*args) -> bytes:
+        return subprocess.run(["git", *args], capture_output=True, timeout=10, cwd=where, check=True).stdout
+
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+        commit, top = git("rev-parse", "HEAD", "--show-toplevel").decode().split()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=all").strip())
+        digest = hashlib.sha256(git("diff", "HEAD", "--binary"))
+        for name in sorted(git("ls-files", "--others", "--exclude-standard", "--full-name", "-z", ":/").split(b"\0")):
+            if name:
+                digest.update(name + b"\0" + (Path(top) / name.decode()).read_bytes())
+    except (OSError, ValueError, subprocess.SubprocessError):  # not a git checkout, or no git
+        return {"git_commit": None, "git_dirty": None, "git_diff_sha256": None}
+    return {"git_commit": commit, "git_dirty": dirty, "git_diff_sha256": digest.hexdigest() if dirty else None}
 
 
 def resolve_wandb_mode(mode: str) -> str:
@@ -57,7 +67,7 @@ class RunLogger:
         self.every = cfg.log.every
         self.dir.mkdir(parents=True, exist_ok=True)
         _keep_metrics_until(self.dir / "metrics.jsonl", resume_step)
-        atomic_write(self.dir / "config.json", json.dumps({**config_dict, "git_commit": git_commit()}, indent=2))
+        atomic_write(self.dir / "config.json", json.dumps({**config_dict, **git_provenance()}, indent=2))
         self.metrics = open(self.dir / "metrics.jsonl", "ab", buffering=0)  # see append_line
         mode = resolve_wandb_mode(cfg.wandb.mode)
         self.wandb = None

@@ -70,3 +70,38 @@ def test_bad_values_name_the_key_and_the_fix(tmp_path, capsys, overrides, expect
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith(expected), err
     assert not list(tmp_path.iterdir())
+
+
+def test_provenance_tells_a_dirty_tree_and_which_difference(tmp_path):
+    """config.json's git fields, on a real repository: clean, changed, changed otherwise, an untracked file."""
+    import subprocess
+
+    from jaximus.log import git_provenance
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert git_provenance(tmp_path / "pkg") == {"git_commit": head, "git_dirty": False, "git_diff_sha256": None}
+    seen = set()
+    for change in ("x = 2\n", "x = 3\n"):
+        (tmp_path / "pkg" / "code.py").write_text(change)
+        p = git_provenance(tmp_path / "pkg")
+        assert p["git_commit"] == head and p["git_dirty"] and p["git_diff_sha256"] not in seen
+        seen.add(p["git_diff_sha256"])
+    assert git_provenance(tmp_path / "pkg")["git_diff_sha256"] in seen  # the same difference, the same hash
+    (tmp_path / "pkg" / "code.py").write_text("x = 1\n")
+    (tmp_path / "notes.txt").write_text("a file git does not track yet")
+    untracked = git_provenance(tmp_path / "pkg")
+    assert untracked["git_dirty"] and untracked["git_diff_sha256"] not in seen
+    (tmp_path / "notes.txt").write_text("another text")
+    assert git_provenance(tmp_path / "pkg")["git_diff_sha256"] != untracked["git_diff_sha256"]
+    outside = tmp_path.parent / "not-a-repository"
+    outside.mkdir()
+    assert git_provenance(outside) == {"git_commit": None, "git_dirty": None, "git_diff_sha256": None}

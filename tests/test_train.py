@@ -65,7 +65,7 @@ def test_smoke_run_writes_run_directory(tmp_path, capsys, monkeypatch):
     assert rc == 0, capsys.readouterr().err
     run = tmp_path / "smoke"
     config = json.loads((run / "config.json").read_text())
-    assert config["max_steps"] == 12 and "git_commit" in config
+    assert config["max_steps"] == 12 and {"git_commit", "git_dirty", "git_diff_sha256"} <= set(config)
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [m for m in metrics if "train/loss" in m]
     assert [m["step"] for m in train] == list(range(1, 13))
