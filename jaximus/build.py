@@ -39,7 +39,7 @@ from jaximus.pretrained import with_pretrained
 from jaximus.schema import SCHEMA
 from jaximus.state import IslandState, Progress, TrainState, make_init, shard_state
 from jaximus.step import make_eval_step, make_objective, make_sync_step, make_train_step
-from outer_optimizers import OUTER_SCHEMA, SCHEMES, check_compression, make_scheme
+from outer_optimizers import SCHEMES, check_scheme, make_scheme, outer_schema
 
 PURPOSES = ("train", "measure", "compile")
 __all__ = ["PURPOSES", "SCHEMES", "Run", "build", "load_config", "start"]
@@ -48,12 +48,10 @@ __all__ = ["PURPOSES", "SCHEMES", "Run", "build", "load_config", "start"]
 def load_config(config_path: str, overrides: list[str]):
     """(cfg, experiment modules), every key's type, range and relations checked; JAX is not touched."""
     exp = load_experiment(config_path)
-    schema = {**SCHEMA, **OUTER_SCHEMA, **getattr(exp["config"], "config_schema", dict)()}
+    schema = {**SCHEMA, **outer_schema(), **getattr(exp["config"], "config_schema", dict)()}
     cfg = finalize_config(exp["config"], overrides, schema)
-    if cfg.outer.name not in SCHEMES:
-        raise UserError(f"outer.name={cfg.outer.name!r}: unknown scheme; choose one of {', '.join(SCHEMES)}")
     check_config(cfg)
-    check_compression(cfg)
+    check_scheme(cfg)
     getattr(exp["config"], "check_config", lambda c: None)(cfg)
     check_distributed(cfg)
     return cfg, exp

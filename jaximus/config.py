@@ -1,4 +1,4 @@
-"""Load an experiment folder (config.py, model.py, optimizer.py) and finalize its config.
+"""Load an experiment folder (config.py, model.py, optimizer.py, and schemes.py if any) and finalize its config.
 
 Everything here runs before JAX initializes, so errors in the command line cost nothing.
 """
@@ -18,6 +18,7 @@ CONTRACT = {  # an experiment's config.py may also define config_schema() and ch
     "model.py": ["init_model_weights", "make_model_forward"],
     "optimizer.py": ["make_optimizer"],
 }
+SCHEMES_FILE = "schemes.py"  # optional: outer schemes of the experiment's own, registered when it is loaded
 
 
 def _load_module(path: Path) -> ModuleType:
@@ -37,6 +38,7 @@ def load_experiment(config_path: str) -> dict[str, ModuleType]:
     path = Path(config_path)
     if not path.is_file():
         raise UserError(f"--config {config_path}: no such file; pass experiments/<exp>/config.py")
+    load_schemes(path.parent)
     modules = {}
     for filename, functions in CONTRACT.items():
         file = path if filename == "config.py" else path.parent / filename
@@ -48,6 +50,17 @@ def load_experiment(config_path: str) -> dict[str, ModuleType]:
                 raise UserError(f"{file}: no function {fn}(); the experiment contract requires it")
         modules[filename.removesuffix(".py")] = module
     return modules
+
+
+def load_schemes(folder: Path) -> ModuleType | None:
+    """An experiment folder's schemes.py, imported before its config.py so that what it registers has its keys
+    in the config and can be picked by outer.name."""
+    path = Path(folder) / SCHEMES_FILE
+    if not path.is_file():
+        return None
+    import outer_optimizers  # noqa: F401 (the library's schemes register first, and list first)
+
+    return _load_module(path.resolve())
 
 
 def finalize_config(config_module: ModuleType, overrides: list[str], schema: dict | None = None) -> sws.FinalConfig:

@@ -1,7 +1,7 @@
 """Type and range of every config key, checked before JAX starts: one line naming the key and the fix.
 
 A schema maps dotted keys to specs. jaximus owns the keys of the run (SCHEMA below), the outer schemes
-theirs (outer_optimizers.OUTER_SCHEMA) and an experiment its model and optimizer keys
+theirs (each scheme declares its keys: outer_optimizers/registry.py) and an experiment its model and optimizer keys
 (`config_schema()` in its config.py).
 """
 from dataclasses import dataclass

@@ -1,7 +1,12 @@
 """The protocol every outer scheme implements, and the pieces schemes share.
 
+    @register                                     # outer_optimizers/registry.py: picked by outer.name
     class Scheme:
         name: str
+        keys: {"outer.x": Key(default, spec, meaning)}   # config keys it reads beyond the shared ones
+        compressible: bool                        # feeds a mean pseudo-gradient to an outer step
+        check(cfg) (classmethod)                  # settings it cannot honour, one line each, before JAX starts
+        variant(cfg) -> class (classmethod)       # the class that runs this config (DiLoCo's eager updates)
         groups: tuple[str, ...]                   # what a sync can exchange; fixed at construction
         __init__(outer_cfg, inner_tx, island, num_islands, compressor)   # island: one island's IslandState (shapes)
         init(params) -> OuterState                # one island's copy of the outer state
@@ -33,57 +38,13 @@ import jax.numpy as jnp
 import optax
 
 from jaximus import UserError
-from jaximus.compress import COMPRESS_SCHEMA, Compressor, add_compress_config
+from jaximus.compress import Compressor
 from jaximus.islands import island_mean, tree_bytes
-from jaximus.schema import Spec, flag, integer, number, text
 from jaximus.state import IslandState, OuterState
+from outer_optimizers.registry import SCHEMES, declared_keys, owners
 
 FIRST_MOMENT_NAMES = ("mu", "momentum", "trace")  # ScaleByAdamState.mu, MuonState.momentum, TraceState.trace
 SECOND_MOMENT_NAMES = ("nu",)
-
-
-def add_outer_config(c) -> None:
-    """outer.* defaults shared by every experiment (DiLoCo paper: outer Nesterov lr 0.7, momentum 0.9)."""
-    c.outer.name = "sync"  # sync | diloco | streaming_diloco | local_sgd | local_adam | desloc
-    c.outer.sync_every = 20  # H (DES-LOC's K_x): inner steps between syncs (DiLoCo paper: 500)
-    c.outer.optimizer = "sgd"  # any optax optimizer taking learning_rate; sgd takes momentum and nesterov
-    c.outer.lr = 0.7
-    c.outer.momentum = 0.9
-    c.outer.nesterov = True
-    c.outer.optimizer_kwargs = None  # extra keyword arguments for a non-sgd outer optimizer, e.g. {"b1": 0.9}
-    c.outer.reset_inner_opt = False  # local_sgd: reset the inner optimizer's moments after each round (Photon)
-    c.outer.first_moment_every = lambda: 3 * c.outer.sync_every  # DES-LOC K_u = 3 K_x (2505.22549)
-    c.outer.second_moment_every = lambda: 6 * c.outer.sync_every  # DES-LOC K_v = 6 K_x
-    c.outer.desloc_outer_opt = False  # DES-LOC: apply the outer optimizer to the parameter sync
-    c.outer.fragments = 2  # Streaming DiLoCo's P (2501.18512: 3-layer fragments; our depth 4 has 2 x 2)
-    c.outer.fragment_layout = "strided"  # fragment p holds layers p, p+P, ... (the paper's choice); or sequential
-    c.outer.overlap_steps = 1  # tau: a fragment's mean lands tau steps after it was taken (paper's recipe: 1)
-    c.outer.mix_alpha = 0.0  # theta_island <- alpha theta_island + (1 - alpha) theta_outer (torchft, MaxText: 0)
-    c.outer.eager = False  # diloco / streaming_diloco: eager updates over a whole-round overlap (2502.12996)
-    c.faults.island_dropout = 0.0  # probability that an island misses a sync (torchft-style quorum), seeded
-    add_compress_config(c)
-
-
-OUTER_SCHEMA = {
-    "outer.name": text(),  # the registry names the schemes
-    "outer.sync_every": integer(1),
-    "outer.optimizer": text(),
-    "outer.lr": number(0),
-    "outer.momentum": number(0, 1, hi_open=True),
-    "outer.nesterov": flag(),
-    "outer.optimizer_kwargs": Spec("dict", optional=True),
-    "outer.reset_inner_opt": flag(),
-    "outer.first_moment_every": integer(1),
-    "outer.second_moment_every": integer(1),
-    "outer.desloc_outer_opt": flag(),
-    "outer.fragments": integer(1),
-    "outer.fragment_layout": text("strided", "sequential"),
-    "outer.overlap_steps": integer(0),
-    "outer.mix_alpha": number(0, 1),
-    "outer.eager": flag(),
-    "faults.island_dropout": number(0, 1, hi_open=True),
-    **COMPRESS_SCHEMA,
-}
 
 
 def _names(path) -> list:
@@ -133,6 +94,13 @@ def tree_norm(tree):
     return optax.tree.norm(tree)
 
 
+def refuse_dropout_in_step(cfg, in_step: bool) -> None:
+    """Island dropout leaves an island out of a sync program; an in-step sync cannot do that yet."""
+    if cfg.faults.island_dropout and in_step:
+        raise UserError("faults.island_dropout with outer.overlap_steps > 0 or outer.eager: an in-step sync cannot "
+                        "leave an island out yet; use outer.overlap_steps=0 and outer.eager=false")
+
+
 def check_period(key: str, value) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise UserError(f"outer.{key}={value!r}: must be a positive integer number of inner steps")
@@ -144,6 +112,25 @@ class Scheme:
 
     name = "base"
     groups: tuple[str, ...] = ()  # what a sync can exchange: params, mu (first moments), nu (second moments)
+    keys: dict = {}  # config keys this scheme reads beyond the shared ones: {"outer.x": registry.Key}
+    compressible = False  # feeds a mean pseudo-gradient to an outer optimizer, so outer.compress.* applies
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """What this scheme cannot honour, as one line, before JAX starts; subclasses add their own."""
+        fmt = cfg.outer.compress.format or "none"
+        if fmt != "none" and not cls.compressible:
+            raise UserError(f"outer.compress.format={fmt} with outer.name={cls.name}: compression applies to "
+                            "pseudo-gradients fed to an outer optimizer; use "
+                            f"{', '.join(n for n, s in SCHEMES.items() if s.compressible)}, or outer.compress.format=None")
+        if cfg.outer.eager and "outer.eager" not in declared_keys(cls):
+            raise UserError(f"outer.eager=true with outer.name={cls.name}: eager updates swap a share of the "
+                            f"pseudo-gradient fed to an outer step; use {' or '.join(owners('outer.eager'))}")
+
+    @classmethod
+    def variant(cls, cfg) -> type:
+        """The class that runs this config: a scheme may hand a setting to a variant of itself."""
+        return cls
 
     def __init__(self, outer_cfg, inner_tx, island: IslandState, num_islands: int, compressor: Compressor):
         self.cfg, self.inner_tx, self.island, self.num_islands = outer_cfg, inner_tx, island, num_islands

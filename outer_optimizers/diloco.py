@@ -9,8 +9,20 @@ import jax.numpy as jnp
 import optax
 
 from jaximus import UserError
+from jaximus.schema import Spec, flag, number, text
 from jaximus.state import IslandState, OuterState
-from outer_optimizers.base import PeriodicScheme, tree_norm
+from outer_optimizers.base import PeriodicScheme, refuse_dropout_in_step, tree_norm
+from outer_optimizers.registry import Key, register
+
+OUTER_OPTIMIZER_KEYS = {  # every scheme that applies an outer optimizer to a mean pseudo-gradient (2311.08105)
+    "outer.optimizer": Key("sgd", text(), "the outer optax optimizer, by name; sgd takes momentum and nesterov"),
+    "outer.lr": Key(0.7, number(0), "the outer learning rate (DiLoCo paper: 0.7)"),
+    "outer.momentum": Key(0.9, number(0, 1, hi_open=True), "outer sgd's momentum (DiLoCo paper: 0.9)"),
+    "outer.nesterov": Key(True, flag(), "outer sgd's Nesterov momentum (DiLoCo paper: yes)"),
+    "outer.optimizer_kwargs": Key(None, Spec("dict", optional=True),
+                                  "extra keyword arguments for a non-sgd outer optimizer, e.g. {'b1': 0.9}"),
+}
+EAGER_KEY = {"outer.eager": Key(False, flag(), "eager updates over a whole-round overlap (2502.12996)")}
 
 
 def make_outer_optimizer(outer_cfg) -> optax.GradientTransformation:
@@ -46,9 +58,23 @@ def outer_step(outer_tx, compressor, island_params, outer: OuterState, step, wei
     return new, OuterState(new, opt_state, buffers), metrics
 
 
+@register
 class DiLoCo(PeriodicScheme):
     name = "diloco"
     groups = ("params",)
+    keys = {**OUTER_OPTIMIZER_KEYS, **EAGER_KEY}
+    compressible = True
+
+    @classmethod
+    def check(cls, cfg):
+        super().check(cfg)
+        refuse_dropout_in_step(cfg, cfg.outer.eager)
+
+    @classmethod
+    def variant(cls, cfg):
+        from outer_optimizers.streaming import EagerDiLoCo  # a streaming scheme of one fragment: it imports us
+
+        return EagerDiLoCo if cfg.outer.eager else cls
 
     def __init__(self, outer_cfg, inner_tx, island, num_islands, compressor):
         super().__init__(outer_cfg, inner_tx, island, num_islands, compressor)

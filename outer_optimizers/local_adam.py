@@ -1,7 +1,9 @@
 """Local Adam (arXiv 2409.13155): parameters and both moment buffers averaged every H steps."""
 from outer_optimizers.base import PeriodicScheme, average_groups, moment_groups
+from outer_optimizers.registry import register
 
 
+@register
 class LocalAdam(PeriodicScheme):
     name = "local_adam"
 

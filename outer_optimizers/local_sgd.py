@@ -3,13 +3,18 @@
 Equivalent to DiLoCo with outer SGD lr 1 and no momentum; optionally resets the inner optimizer's
 moments after each round (Photon's client switch), never its schedules.
 """
+from jaximus.schema import flag
 from jaximus.state import IslandState
 from outer_optimizers.base import PeriodicScheme, average_groups, reset_moments
+from outer_optimizers.registry import Key, register
 
 
+@register
 class LocalSGD(PeriodicScheme):
     name = "local_sgd"
     groups = ("params",)
+    keys = {"outer.reset_inner_opt": Key(False, flag(), "reset the inner optimizer's moments after each round "
+                                                         "(Photon's client switch)")}
 
     def sync(self, island, outer, step, groups, weight):
         island, outer, metrics = average_groups(island, outer, groups, weight)

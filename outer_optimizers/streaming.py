@@ -14,9 +14,11 @@ import numpy as np
 import optax
 
 from jaximus import UserError
+from jaximus.schema import integer, number, text
 from jaximus.state import IslandState, OuterState
-from outer_optimizers.base import PeriodicScheme, make_ledger, tree_norm
-from outer_optimizers.diloco import make_outer_optimizer
+from outer_optimizers.base import PeriodicScheme, make_ledger, refuse_dropout_in_step, tree_norm
+from outer_optimizers.diloco import EAGER_KEY, OUTER_OPTIMIZER_KEYS, make_outer_optimizer
+from outer_optimizers.registry import Key, register
 
 LAYOUTS = ("strided", "sequential")
 
@@ -50,8 +52,24 @@ def assign_fragments(params, fragments: int, layout: str) -> list:
     return out
 
 
+@register
 class StreamingDiLoCo(PeriodicScheme):
     name = "streaming_diloco"
+    keys = {**OUTER_OPTIMIZER_KEYS, **EAGER_KEY,
+            "outer.fragments": Key(2, integer(1), "P: fragments of the parameters, each synced every H steps at "
+                                                  "offset p H / P (2501.18512: 3-layer fragments)"),
+            "outer.fragment_layout": Key("strided", text(*LAYOUTS), "strided: fragment p holds layers p, p + P, ... "
+                                                                     "(the paper's); sequential: contiguous blocks"),
+            "outer.overlap_steps": Key(1, integer(0), "tau: a fragment's mean lands tau steps after it was taken "
+                                                      "(the paper's recipe: 1; H: the whole round)"),
+            "outer.mix_alpha": Key(0.0, number(0, 1), "alpha of the merge theta_island <- alpha theta_island + "
+                                                      "(1 - alpha) theta_outer (torchft, MaxText: 0)")}
+    compressible = True
+
+    @classmethod
+    def check(cls, cfg):
+        super().check(cfg)
+        refuse_dropout_in_step(cfg, bool(cfg.outer.eager or cfg.outer.overlap_steps))
 
     def __init__(self, outer_cfg, inner_tx, island, num_islands, compressor):
         super().__init__(outer_cfg, inner_tx, island, num_islands, compressor)

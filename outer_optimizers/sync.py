@@ -1,10 +1,19 @@
 """Synchronous data-parallel (HSDP), the control: gradients averaged across islands every step."""
+from jaximus import UserError
 from jaximus.islands import island_mean, tree_bytes
 from outer_optimizers.base import Scheme, make_ledger
+from outer_optimizers.registry import register
 
 
+@register
 class SyncDP(Scheme):
     name = "sync"
+
+    @classmethod
+    def check(cls, cfg):
+        super().check(cfg)
+        if cfg.faults.island_dropout:
+            raise UserError("faults.island_dropout applies to local-update schemes; outer.name=sync has no syncs to miss")
 
     def init(self, params):
         return super().init(None)  # islands never differ: any island's parameters are the global model

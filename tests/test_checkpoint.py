@@ -9,17 +9,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import ROOT, TINY
+from conftest import DILOCO, REGISTERED, ROOT, TINY, config_for
 
 from train import main
 
-DILOCO = str(ROOT / "experiments" / "diloco_nanochat" / "config.py")
 RUN = [*TINY, "max_steps=12", "eval.every=6", "outer.sync_every=3", "outer.first_moment_every=3",
        "outer.second_moment_every=6", "data.tokenizer_train_chars=2000000"]
 
 
-def start(out_dir, name, *overrides):
-    cmd = [sys.executable, "train.py", "--config", DILOCO, *RUN, f"run.out_dir='{out_dir}'", f"run.name='{name}'",
+def start(out_dir, name, *overrides, config=config_for("diloco")):
+    cmd = [sys.executable, "train.py", "--config", config, *RUN, f"run.out_dir='{out_dir}'", f"run.name='{name}'",
            *overrides]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -46,13 +45,14 @@ TOPK_EF = ("outer.compress.format='topk'", "outer.compress.error_feedback=True",
            "outer.compress.k=16", "outer.compress.stochastic=True")
 
 
-@pytest.mark.parametrize("scheme,mid_save,extra", [("sync", False, ()), ("diloco", True, ()), ("desloc", False, ()),
-                                                   ("streaming_diloco", False, ()), ("diloco", False, TOPK_EF)])
+@pytest.mark.parametrize("scheme,mid_save,extra", [*((s, s == "diloco", ()) for s in REGISTERED),
+                                                   ("diloco", False, TOPK_EF)])
 def test_sigkill_then_resume_is_exact(tmp_path, capsys, scheme, mid_save, extra):
     # streaming: H = 4, P = 2, tau = 1, so the checkpoint after step 6 holds fragment 1 taken but not yet issued
     outer = (f"outer.name='{scheme}'", *(["outer.sync_every=4"] if scheme == "streaming_diloco" else []), *extra)
-    assert main(["--config", DILOCO, *RUN, *outer, f"run.out_dir='{tmp_path}'", "run.name='whole'"]) == 0
-    proc = start(tmp_path, "killed", *outer, "checkpoint.every=1")
+    config = config_for(scheme)  # a fresh process knows a plug-in scheme through its own experiment
+    assert main(["--config", config, *RUN, *outer, f"run.out_dir='{tmp_path}'", "run.name='whole'"]) == 0
+    proc = start(tmp_path, "killed", *outer, "checkpoint.every=1", config=config)
     ckpts = tmp_path / "killed" / "checkpoints"
     if mid_save:  # kill while an asynchronous save is being written
         wait_for(lambda: ckpts.is_dir() and any(p.name.endswith("tmp") for p in ckpts.iterdir()
@@ -61,7 +61,7 @@ def test_sigkill_then_resume_is_exact(tmp_path, capsys, scheme, mid_save, extra)
         wait_for(lambda: (ckpts / "6").is_dir(), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert main(["--config", DILOCO, *RUN, *outer, f"run.out_dir='{tmp_path}'", "run.name='killed'",
+    assert main(["--config", config, *RUN, *outer, f"run.out_dir='{tmp_path}'", "run.name='killed'",
                  "checkpoint.every=1"]) == 0
     assert "resuming from step" in capsys.readouterr().out
     assert logged(tmp_path / "whole") == logged(tmp_path / "killed")  # no duplicate or missing step, same losses

@@ -5,7 +5,7 @@ from conftest import NANOCHAT, ROOT, TINY
 from jaximus.build import load_config
 from jaximus.config import load_experiment
 from jaximus.schema import SCHEMA, flatten
-from outer_optimizers import OUTER_SCHEMA
+from outer_optimizers import outer_schema
 from train import main
 
 DILOCO = str(ROOT / "experiments" / "diloco_nanochat" / "config.py")
@@ -13,7 +13,7 @@ DILOCO = str(ROOT / "experiments" / "diloco_nanochat" / "config.py")
 
 def schema_of(config_path):
     exp = load_experiment(config_path)
-    return {**SCHEMA, **OUTER_SCHEMA, **exp["config"].config_schema()}
+    return {**SCHEMA, **outer_schema(), **exp["config"].config_schema()}
 
 
 def wrong_value(spec) -> str:

@@ -209,3 +209,43 @@ def test_present_weights_seeded():
     present = [int((d > 0).sum()) for d in draws if d is not None]
     assert 1.5 < np.mean(present) < 2.5 and any(d is None for d in draws)  # about half; sometimes nobody
     assert all(abs(d.sum() - 1) < 1e-12 for d in draws if d is not None)
+
+
+def test_a_plug_in_scheme_clips_the_outer_step_as_its_rule_says(nanochat, tiny_cfg, tmp_path):
+    """The worked example (experiments/trust_region_diloco/schemes.py, registered from its folder): with inner
+    SGD and a plain outer step (lr 1, no momentum), one round of DiLoCo moves the outer model by -mean delta;
+    the trust region scales that to ratio x |theta| when it is longer, and leaves it alone when it is not."""
+    sgd = optax.sgd(0.05)
+    one_round = ["outer.sync_every=2", "max_steps=2", "outer.lr=1.0", "outer.momentum=0.0", "outer.nesterov=False"]
+    outer_of = lambda *o: drive(nanochat, config(tmp_path, tiny_cfg, *one_round, *o), 2, tx=sgd)  # noqa: E731
+    _, history = outer_of("outer.name='diloco'", "run.name='d'")
+    theta0 = [np.asarray(x[0], np.float64) for x in jax.tree.leaves(history[0].outer.params)]  # before the sync
+    moved = [np.asarray(x[0], np.float64) for x in jax.tree.leaves(history[-1].outer.params)]
+    delta = [a - b for a, b in zip(theta0, moved)]  # DiLoCo's mean pseudo-gradient, read off its plain step
+    norm = lambda xs: np.sqrt(sum(float((x * x).sum()) for x in xs))  # noqa: E731
+    ratio = 0.5 * norm(delta) / norm(theta0)  # the region holds half of DiLoCo's step
+    for r, scale in ((ratio, 0.5), (100.0, 1.0)):
+        state, _ = outer_of("outer.name='trust_region_diloco'", f"outer.trust_ratio={r}", f"run.name='t{scale}'")
+        expected = [t - scale * d for t, d in zip(theta0, delta)]  # NumPy: theta0 - min(1, r |theta0| / |delta|) delta
+        for got, want in zip(jax.tree.leaves(state.outer.params), expected, strict=True):
+            np.testing.assert_allclose(np.asarray(got[0]), want, rtol=1e-4, atol=1e-6)
+
+
+def test_the_registry_refuses_a_taken_name_and_a_key_declared_twice_differently():
+    from jaximus.schema import integer
+    from outer_optimizers import SCHEMES, Key, register
+    from outer_optimizers.diloco import DiLoCo
+
+    class Impostor(DiLoCo):
+        name = "diloco"
+
+    with pytest.raises(UserError, match="outer.name=diloco: taken by outer_optimizers.diloco.DiLoCo"):
+        register(Impostor)
+
+    class Redeclares(DiLoCo):
+        name = "redeclares"
+        keys = {"outer.lr": Key(0.1, integer(1), "another meaning")}
+
+    with pytest.raises(UserError, match="declares outer.lr unlike the scheme that declared it first"):
+        register(Redeclares)
+    assert SCHEMES["diloco"] is DiLoCo and "redeclares" not in SCHEMES

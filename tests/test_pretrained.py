@@ -6,7 +6,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import REGISTERED, ROOT
 
 from jaximus.build import load_config
 from jaximus.export import main as export_main
@@ -53,7 +53,7 @@ def test_loading_onto_a_mesh_gives_the_one_device_weights():
             np.testing.assert_array_equal(a[0], b[r])
 
 
-@pytest.mark.parametrize("scheme", ["sync", "diloco", "streaming_diloco", "local_adam", "desloc"])
+@pytest.mark.parametrize("scheme", REGISTERED)
 def test_every_scheme_compiles_on_llama_with_an_exact_ledger(nanochat, scheme):
     cfg, exp = load_config(LLAMA, [*SMALL, "model.depth=2", "model.width=32", "model.n_head=2", "model.n_kv_head=1",
                                    "model.head_dim=16", "model.ffn_dim=64", "model.vocab_size=512",

@@ -7,12 +7,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import NANOCHAT, ROOT, TINY
+from conftest import DILOCO, NANOCHAT, REGISTERED, ROOT, TINY
 
 from jaximus.build import build, load_config
 from train import main
-
-DILOCO = str(ROOT / "experiments" / "diloco_nanochat" / "config.py")
 
 
 def run_steps(nanochat, cfg, rows, steps):
@@ -115,10 +113,10 @@ def test_diloco_trains_through_island_dropout(tmp_path, capsys):
     assert summary["comm/cross_island_bytes"] == pytest.approx(per_sync * sum(p.count("1") for p in present) / 4)
 
 
-@pytest.mark.parametrize("scheme", ["sync", "diloco", "local_sgd", "local_adam", "desloc"])
+@pytest.mark.parametrize("scheme", REGISTERED)
 def test_one_island_trains_and_sends_nothing(tmp_path, capsys, scheme):
     """M = 1, the case the DiLoCo scaling-laws paper shows beating data-parallel."""
-    rc = main(["--config", DILOCO, *TINY, "parallel.replica=1", "parallel.fsdp=8", "max_steps=4", "outer.sync_every=2",
+    rc = main(["--config", DILOCO, *TINY, "parallel.replica=1", "parallel.fsdp=8", "max_steps=4", "outer.sync_every=4",
                f"outer.name='{scheme}'", f"run.out_dir='{tmp_path}'", "run.name='one'"])
     assert rc == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "one" / "summary.json").read_text())
