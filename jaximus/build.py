@@ -30,11 +30,13 @@ from jaximus.distributed import (
     local_islands,
     replicated_input,
 )
+from jaximus.evaluate import evaluate as evaluate_rows
 from jaximus.evaluate import split_val_rows, val_sharding
 from jaximus.files import RunLock, atomic_write
 from jaximus.ledger import Ledger
 from jaximus.log import make_logger, resolve_wandb_mode
 from jaximus.mesh import batch_sharding, enable_compile_cache, force_cpu_devices, make_mesh
+from jaximus.objective import Objective, ObjectiveLoader, make_objective_eval, validation_batches
 from jaximus.pretrained import with_pretrained
 from jaximus.schema import SCHEMA
 from jaximus.state import IslandState, Progress, TrainState, make_init, shard_state
@@ -50,7 +52,7 @@ def load_config(config_path: str, overrides: list[str]):
     exp = load_experiment(config_path)
     schema = {**SCHEMA, **outer_schema(), **getattr(exp["config"], "config_schema", dict)()}
     cfg = finalize_config(exp["config"], overrides, schema)
-    check_config(cfg)
+    check_config(cfg, language_model=not hasattr(exp["model"], "make_objective"))
     check_scheme(cfg)
     getattr(exp["config"], "check_config", lambda c: None)(cfg)
     check_distributed(cfg)
@@ -79,7 +81,7 @@ class Run:
     sync: object  # sync(state, groups, weights) -> (state, metrics)
     info: dict  # what config.json records under "resolved"
     perf: dict  # tokens_per_step, flops_per_token, peak
-    evaluate: object = None  # eval(params_R, val_batches) -> per-island sums
+    evaluate: object = None  # evaluate(params_R, val_batches) -> {"val/loss": ..., "val/bpb": ...}
     val_batches: object = None
     loader: TrainLoader | None = None
     logger: object = None
@@ -127,7 +129,9 @@ def build(cfg, exp, purpose: str = "train") -> Run:
                                                 cfg.parallel.strategy)
     loss_fn, nats_fn = make_objective(exp["model"], cfg)
     fpt = getattr(exp["model"], "flops_per_token", lambda c: None)(cfg)
-    perf = {"tokens_per_step": cfg.data.batch_size * cfg.data.seq_len, "flops_per_token": fpt}
+    objective = exp["model"].make_objective(cfg) if hasattr(exp["model"], "make_objective") else None
+    per_row = 1 if objective else cfg.data.seq_len  # an objective's row is one example
+    perf = {"tokens_per_step": cfg.data.batch_size * per_row, "flops_per_token": fpt}
     info = {"experiment": str(Path(exp["config"].__file__).resolve()),
             "params": sum(x.size for x in jax.tree.leaves(island.params)), "flops_per_token": fpt,
             "optimizer": resolved, "ledger": scheme.ledger(), "overlap_steps": scheme.overlap_steps()}
@@ -142,13 +146,21 @@ def build(cfg, exp, purpose: str = "train") -> Run:
             return Run(state=abstract, **parts)
         if purpose == "measure":
             return Run(state=allocate(), **parts)
-        data, val_rows = _read_data(cfg, parts, run_dir)  # every check that reads, before anything is written
+        data, val_rows = _read_data(cfg, parts, run_dir) if objective is None else _read_objective(objective, parts)
         with _released_on_error(hold(run_dir)) as lock:
             return _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, parts, data, val_rows, lock)
 
 
+def _read_objective(objective: Objective, parts):
+    """An experiment's own objective: no corpus, no tokenizer; its validation rows come with it."""
+    parts["info"].update({"corpus": objective.description, "corpus_fingerprint": None, "tokenizer_vocab": None})
+    _say_run(parts, "rows")
+    return objective, None
+
+
 def _read_data(cfg, parts, run_dir):
-    """The tokenized data and the validation rows; records what they are in the run's info."""
+    """The tokenized data and the validation rows; records what they are in the run's info; every check
+    that reads happens here, before anything is written."""
     R, B, T = cfg.parallel.replica, cfg.data.batch_size, cfg.data.seq_len
     data = open_data(cfg, say)
     source, tokenizer = data.source, data.tokenizer
@@ -157,10 +169,15 @@ def _read_data(cfg, parts, run_dir):
     parts["info"].update({"corpus": source.name, "corpus_fingerprint": source.fingerprint,
                           "tokenizer_vocab": tokenizer.vocab_size, "shuffle_seed": cfg.data.shuffle_seed,
                           "island_topics": island_topics(source, island_of_topic(source, R), R) if topic else None})
-    say(f"jaximus: {parts['info']['params']:,} params | {R} islands x {cfg.parallel.fsdp} devices "
-        f"({cfg.parallel.strategy}) | outer {parts['scheme'].name} | {parts['perf']['tokens_per_step']:,} "
-        f"tokens/step | peak {parts['info']['peak_source']} | run dir {run_dir}")
+    _say_run(parts, "tokens")
     return data, val_rows
+
+
+def _say_run(parts, unit: str) -> None:
+    cfg = parts["cfg"]
+    say(f"jaximus: {parts['info']['params']:,} params | {cfg.parallel.replica} islands x {cfg.parallel.fsdp} devices "
+        f"({cfg.parallel.strategy}) | outer {parts['scheme'].name} | {parts['perf']['tokens_per_step']:,} "
+        f"{unit}/step | peak {parts['info']['peak_source']} | run dir {Path(cfg.run.out_dir) / cfg.run.name}")
 
 
 def refuse_if_in_use(run_dir: Path) -> None:
@@ -198,7 +215,8 @@ def _released_on_error(lock):
 
 def _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, parts, data, val_rows, lock) -> Run:
     """Evaluation, the run directory and the state: restored from the newest checkpoint, or fresh."""
-    mesh, R, B, tokenizer = parts["mesh"], cfg.parallel.replica, cfg.data.batch_size, data.tokenizer
+    mesh, R, B = parts["mesh"], cfg.parallel.replica, cfg.data.batch_size
+    tokenizer = getattr(data, "tokenizer", None)
     if cfg.run.resume == "fresh" and is_primary():  # only now that every check has passed
         clear(run_dir / "checkpoints")
     barrier("checkpoints cleared")
@@ -214,15 +232,22 @@ def _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, part
         say(f"jaximus: resuming from step {progress.step} ({run_dir / 'checkpoints'})")
     else:
         state, progress = with_pretrained(cfg, exp["model"], allocate(), parts["shardings"]), Progress()
-    evaluate = make_eval_step(nats_fn, tokenizer.token_bytes, mesh)
+    islands = local_islands(mesh)
+    if isinstance(data, Objective):
+        evaluate, positions = make_objective_eval(data), [[progress.step]] if progress.positions else None
+        loader = ObjectiveLoader(data, islands, positions)
+        val_batches = replicated_input(validation_batches(data, R), jax.NamedSharding(mesh, jax.P("replica")))
+    else:
+        evaluate = partial(evaluate_rows, make_eval_step(nats_fn, tokenizer.token_bytes, mesh))
     if progress.step >= cfg.max_steps:  # nothing to train: leave the run directory as it is
         return Run(state=state, evaluate=evaluate, checkpointer=checkpointer, progress=progress, lock=lock, **parts)
     logger = make_logger(cfg, {**cfg.to_dict(), "resolved": parts["info"]}, cfg.max_steps, resume_step=progress.step)
-    if is_primary():  # the run's own tokenizer, for jaximus.export
-        atomic_write(run_dir / "tokenizer.json", tokenizer.tokenizer.to_str(pretty=True))
-    islands = local_islands(mesh)
-    loader = train_loader(cfg, data, islands, [progress.positions[r] for r in islands] if progress.positions else None)
-    val_batches = replicated_input(split_val_rows(val_rows, R, B), val_sharding(mesh))
+    if not isinstance(data, Objective):
+        if is_primary():  # the run's own tokenizer, for jaximus.export
+            atomic_write(run_dir / "tokenizer.json", tokenizer.tokenizer.to_str(pretty=True))
+        positions = [progress.positions[r] for r in islands] if progress.positions else None
+        loader = train_loader(cfg, data, islands, positions)
+        val_batches = replicated_input(split_val_rows(val_rows, R, B), val_sharding(mesh))
     return Run(state=state, evaluate=evaluate, val_batches=val_batches, loader=loader, logger=logger,
                checkpointer=checkpointer, progress=progress,
                ledger=Ledger(parts["scheme"].ledger(), progress, R), lock=lock, **parts)

@@ -120,13 +120,19 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def check_config(cfg) -> None:
-    """Relations between config values that every experiment relies on (types and ranges: the schema)."""
+def check_config(cfg, language_model: bool = True) -> None:
+    """Relations between config values that every experiment relies on (types and ranges: the schema); the
+    corpus and sequence checks only where the experiment trains a language model (not its own objective)."""
     p, d = cfg.parallel, cfg.data
     islands_devices = p.replica * p.fsdp
     if d.batch_size % islands_devices:
         raise UserError(f"data.batch_size={d.batch_size}: must split evenly over {p.replica} islands x {p.fsdp} "
                         f"devices; use a multiple of {islands_devices}")
+    if p.cpu_devices != islands_devices:
+        raise UserError(f"parallel.cpu_devices={p.cpu_devices} but parallel.replica x parallel.fsdp = "
+                        f"{islands_devices}; make them equal (or leave cpu_devices unset)")
+    if not language_model:
+        return
     if d.island_split == "topic" and d.source != "embedded":
         raise UserError(f"data.island_split=topic with data.source={d.source}: topics are the embedded corpus's "
                         "stdlib packages; use data.source=embedded or data.island_split=iid")
@@ -136,6 +142,3 @@ def check_config(cfg) -> None:
     if cfg.eval.tokens < d.batch_size * d.seq_len:
         raise UserError(f"eval.tokens={cfg.eval.tokens}: must be at least one batch "
                         f"(data.batch_size x data.seq_len = {d.batch_size * d.seq_len})")
-    if p.cpu_devices != islands_devices:
-        raise UserError(f"parallel.cpu_devices={p.cpu_devices} but parallel.replica x parallel.fsdp = "
-                        f"{islands_devices}; make them equal (or leave cpu_devices unset)")

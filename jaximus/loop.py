@@ -19,7 +19,6 @@ from jaximus import UserError
 from jaximus.accounting import mfu
 from jaximus.checkpoint import SCHEDULE_KEY, schedule_length
 from jaximus.distributed import all_processes_agree, gather_islands, is_primary, step_finished, to_host
-from jaximus.evaluate import evaluate
 from jaximus.files import read_json
 from jaximus.guard import Diverged, DivergenceGuard
 from jaximus.islands import present_weights
@@ -59,7 +58,7 @@ def advance(run, state, step: int):
 
 def evaluate_global(run, state) -> dict:
     """val/loss and val/bpb of the global model (the scheme says which parameters that is)."""
-    return evaluate(run.evaluate, run.scheme.global_params(state), run.val_batches)
+    return run.evaluate(run.scheme.global_params(state), run.val_batches)
 
 
 def train(run) -> dict:
@@ -105,7 +104,8 @@ def train(run) -> dict:
     summary = {**_summary(cfg, progress, clock, run), **run.info}
     logger.write_summary(summary)
     logger.close()  # the progress bar ends before the last line is printed
-    _say(f"jaximus: done | val bpb {summary['val/bpb_initial']:.4f} -> {summary['val/bpb']:.4f} | "
+    scored = "bpb" if summary["val/bpb"] is not None else "loss"  # an objective of the experiment's own has no bytes
+    _say(f"jaximus: done | val {scored} {summary[f'val/{scored}_initial']:.4f} -> {summary[f'val/{scored}']:.4f} | "
          f"{summary['perf/tokens_per_sec']:,.0f} tokens/s | {summary['comm/cross_island_bytes'] / 2**20:,.1f} MiB "
          f"cross-island ({summary['comm/wire_bytes'] / 2**20:,.1f} MiB on the wire) in {summary['comm/syncs']} syncs | "
          f"run dir {run_dir}")
@@ -199,8 +199,9 @@ def _summary(cfg, progress, clock, run) -> dict:
     first, last = progress.evals[0], progress.evals[cfg.max_steps]
     fpt = perf["flops_per_token"]
     return {"steps": cfg.max_steps, "tokens": cfg.max_steps * perf["tokens_per_step"],
-            "compile_s": max(0.0, first_s - step_s), "val/loss": last["val/loss"], "val/bpb": last["val/bpb"],
-            "val/bpb_initial": first["val/bpb"], "perf/tokens_per_sec": tokens_per_sec, "perf/step_s": step_s,
+            "compile_s": max(0.0, first_s - step_s), "val/loss": last["val/loss"], "val/bpb": last.get("val/bpb"),
+            "val/bpb_initial": first.get("val/bpb"), "val/loss_initial": first["val/loss"],
+            "perf/tokens_per_sec": tokens_per_sec, "perf/step_s": step_s,
             "perf/mfu": mfu(fpt, tokens_per_sec, perf["peak"]) if fpt else None, **run.ledger.metrics(),
             "comm/island_bytes": list(progress.island_bytes), "comm/island_wire_bytes": list(progress.island_wire)}
 

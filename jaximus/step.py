@@ -19,7 +19,10 @@ def make_objective(model, cfg):
     """(loss(params, batch_BT1) -> mean nats, nats(params, inputs_BT, targets_BT) -> nats (B, T)).
 
     A model with make_model_features is scored by jaximus.loss's chunked head; otherwise from its logits.
+    An experiment with its own objective (jaximus/objective.py) brings its loss, and has no nats.
     """
+    if hasattr(model, "make_objective"):
+        return model.make_objective(cfg).loss, None
     if hasattr(model, "make_model_features"):
         features = model.make_model_features(cfg)
 

@@ -1,0 +1,1 @@
+"""Toy objectives for outer optimizers: synthetic data through the real loop, schemes, ledger and checkpoints."""
