@@ -3,7 +3,7 @@
 Every reproduction trains `experiments/diloco_nanochat` at SIZE (2 layers, 2,048 tokens per step, 150
 steps) on 4 islands x 2 fake devices unless its points say otherwise, so all points use the same 8
 devices and a point two reproductions share (`dp`, `diloco`) runs once. Findings and numbers are from
-../shared/reference/ALGORITHMS.md sections 2 and 4.
+docs/algorithms.md sections 2 and 4.
 """
 from dataclasses import dataclass
 from typing import Callable

@@ -6,7 +6,7 @@
 
 Each row also times the run's data loader alone against the step. Each mesh runs in its own process
 (the fake device count is fixed per process). With --peer, the PyTorch peer
-(shared/bench/torch_gpt_peer.py) runs between them at the same shapes, fp32 and bf16, so ratios come
+(bench/torch_gpt_peer.py) runs between them at the same shapes, fp32 and bf16, so ratios come
 from one sitting.
 """
 import argparse
@@ -22,8 +22,7 @@ from pathlib import Path
 from jaximus import UserError
 from jaximus.cli import ArgumentParser
 
-# the peer lives beside the repository in the team checkout (shared/bench); --peer-script overrides
-PEER = Path(__file__).resolve().parents[2] / "shared" / "bench" / "torch_gpt_peer.py"
+PEER = Path(__file__).resolve().parents[1] / "bench" / "torch_gpt_peer.py"  # --peer-script overrides
 
 
 def _timed(fn, steps: int) -> tuple[float, float]:

@@ -26,7 +26,7 @@ def add_distributed_config(c) -> None:
     c.distributed.num_processes = 1
     c.distributed.process_id = 0
     c.distributed.auto = False  # True: let jax.distributed.initialize() detect a cluster (SLURM, TPU pods, ...)
-    c.distributed.timeout_s = 120  # a peer that has not joined by then aborts the run (JAX_NOTES §5)
+    c.distributed.timeout_s = 120  # a peer that has not joined by then aborts the run (docs/jax_notes.md §5)
 
 
 def check_distributed(cfg) -> None:

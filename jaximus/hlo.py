@@ -1,4 +1,4 @@
-"""Read collectives out of compiled HLO and tell cross-island ones from within-island ones (JAX_NOTES §4).
+"""Read collectives out of compiled HLO and tell cross-island ones from within-island ones (docs/jax_notes.md §4).
 
 A collective crosses islands when one of its device groups holds devices of more than one replica
 index. Its payload is what each device puts into it (the per-device operand of the SPMD-partitioned
@@ -58,7 +58,7 @@ def _groups(line: str, device_ids: list[int]) -> tuple[tuple[int, ...], ...]:
     """Device-id groups from explicit lists, iota form [G,S]<=[dims]T(perm), or source-target pairs.
 
     HLO numbers devices by their place in the program's device assignment (the mesh's order), not by
-    device id: with several processes the ids are not 0..n-1 (JAX_NOTES §5).
+    device id: with several processes the ids are not 0..n-1 (docs/jax_notes.md §5).
     """
     m = re.search(r"(?:replica_groups|source_target_pairs)=\{(\{[\d,]*\}(?:,\{[\d,]*\})*)\}", line)
     if m:

@@ -23,7 +23,7 @@ def force_cpu_devices(count: int) -> None:
 
 
 def make_mesh(replica: int, fsdp: int) -> jax.sharding.Mesh:
-    """Auto axes: partial-manual shard_map over `replica` needs them (JAX_NOTES §3)."""
+    """Auto axes: partial-manual shard_map over `replica` needs them (docs/jax_notes.md §3)."""
     if replica < 1 or fsdp < 1:
         raise UserError(f"parallel.replica={replica}, parallel.fsdp={fsdp}: both must be >= 1")
     n = jax.device_count()
@@ -61,7 +61,7 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 
 def enable_compile_cache(cache_dir: str) -> None:
-    """Persistent XLA cache: recompiling the same step on the next run is a disk read (JAX_NOTES §11)."""
+    """Persistent XLA cache: recompiling the same step on the next run is a disk read (docs/jax_notes.md §11)."""
     jax.config.update("jax_compilation_cache_dir", str(Path(cache_dir) / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -1,4 +1,4 @@
-"""Test environment: 8 fake CPU devices, no network, wandb off, one shared cache (JAX_NOTES §12)."""
+"""Test environment: 8 fake CPU devices, no network, wandb off, one shared cache (docs/jax_notes.md §12)."""
 import os
 import sys
 import tempfile

@@ -35,7 +35,7 @@ def test_ledger_equals_compiled_cross_island_bytes(nanochat, tiny_cfg, name):
 
 
 def test_classifier_on_a_known_program():
-    """A pmean over replica crosses islands; a sum over fsdp stays inside them (JAX_NOTES §4)."""
+    """A pmean over replica crosses islands; a sum over fsdp stays inside them (docs/jax_notes.md §4)."""
     mesh = make_mesh(4, 2)
     x = jax.device_put(jax.numpy.ones((4, 2, 16)), jax.NamedSharding(mesh, jax.P("replica", "fsdp")))
     with jax.set_mesh(mesh):

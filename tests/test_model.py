@@ -16,7 +16,7 @@ def d20(nanochat):
 def test_d20_parameter_count_and_flops(nanochat):
     cfg = d20(nanochat)
     shapes = jax.eval_shape(lambda k: nanochat["model"].init_model_weights(cfg, k), jax.random.key(0))
-    assert sum(x.size for x in jax.tree.leaves(shapes)) == 560_988_160  # NANOCHAT.md §10
+    assert sum(x.size for x in jax.tree.leaves(shapes)) == 560_988_160  # docs/nanochat.md §10
     assert shapes["wte"].shape == (65536, 1280) and shapes["lm_head"].shape == (1280, 65536)
     assert cfg.model.n_head == 10 and cfg.model.head_dim == 128
     assert nanochat["model"].flops_per_token(cfg) == 3_491_758_080
