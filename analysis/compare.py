@@ -17,6 +17,7 @@ from jaximus.cli import ArgumentParser
 from jaximus.files import atomic_write
 
 MiB = 2**20
+TINY_STEP_S = 1e-3  # below this a model is far too small for the accelerator it is projected onto
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,10 @@ def table(runs: list[Run], cluster: Cluster) -> tuple[str, list[str]]:
             f"| {'—' if bpb is None else f'{bpb:.4f}'} | {delta} | {_num(run.bytes / MiB)} | {wire} "
             f"| {_num(run.peak_step_bytes / MiB)} | {reduction} | {run.syncs} "
             f"| {_duration(p.wall_s)} | {p.utilization:.1%} | {p.utilization_overlap:.1%} | {'; '.join(run_flags)} |")
+    if cluster.step_s is None and all(compute_s(run, cluster) < TINY_STEP_S for run in runs):
+        warnings.append(f"on {cluster.compute()} every run computes for under {TINY_STEP_S * 1e3:g} ms per inner step, so "
+                        "communication is all its projected time and its CU is about 0; add --step-time measured to "
+                        "project each run's own measured step time (or --step-time S for a step of S seconds)")
     return "\n".join(lines) + "\n", warnings
 
 

@@ -75,7 +75,8 @@ class RunLogger:
             import wandb
 
             self.wandb = wandb.init(project=cfg.wandb.project, name=cfg.run.name, dir=str(self.dir),
-                                    config=config_dict, mode=mode)
+                                    config=config_dict, mode=mode,
+                                    settings=wandb.Settings(quiet=True))  # no sparkline summary at the end
         self.bar = tqdm(total=total_steps, desc=cfg.run.name, dynamic_ncols=True, mininterval=1.0)
 
     def log(self, metrics: dict) -> None:

@@ -110,6 +110,16 @@ def test_step_time_from_flops_or_measured(tmp_path, capsys):
     assert table_rows(out)["sync"]["projected time, blocking"] == "12 s"  # 4 steps of the measured 2 s + 4 x 1 s
 
 
+def test_runs_too_small_for_the_projected_accelerator_are_said_to_be(tmp_path, capsys):
+    """6e6 FLOPs/token x 500 tokens on an H100 at 40% MFU is 8 us a step: CU is ~0 at any bandwidth, and
+    the warning names the flag that projects the run's own step time instead."""
+    write_run(tmp_path / "sync", "sync", 2.0)
+    code, _, err = compare(capsys, tmp_path / "sync", "--out", tmp_path / "a")
+    assert code == 0 and "every run computes for under 1 ms per inner step" in err and "--step-time measured" in err
+    code, _, err = compare(capsys, tmp_path / "sync", "--out", tmp_path / "b", "--step-time", "measured")
+    assert code == 0 and "under 1 ms" not in err
+
+
 def test_mismatched_runs_are_flagged_not_silently_compared(tmp_path, capsys):
     write_run(tmp_path / "sync", "sync", 2.0)
     write_run(tmp_path / "short", "diloco", 2.1, every=2, tokens_per_step=500)
