@@ -9,13 +9,18 @@ from jax.errors import JaxRuntimeError
 
 from jaximus import UserError
 from jaximus.build import build, start
+from jaximus.cli import config_help
 from jaximus.config import parse_command_line
 from jaximus.distributed import leave, peer_failure, processes_done
 from jaximus.files import io_error
 from jaximus.loop import Interrupted, train
 
+DEFAULT_CONFIG = "experiments/diloco_nanochat/config.py"
+
 
 def main(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        return show_help([a for a in argv if a not in ("-h", "--help")])
     try:
         cfg, exp = start(*parse_command_line(argv))
         with build(cfg, exp) as run:
@@ -36,6 +41,19 @@ def main(argv: list[str]) -> int:
         return leave(130)
     except JaxRuntimeError as e:  # with several processes: a collective whose peer is gone
         peer_failure(e)
+    return 0
+
+
+def show_help(argv: list[str]) -> int:
+    """The usage, then every key of the experiment (--config, else the Quickstart's) with the overrides applied."""
+    try:
+        config, overrides = parse_command_line(argv) if "--config" in argv else (DEFAULT_CONFIG, argv)
+        about = __doc__.strip().split("\n", 1)[1].strip()  # its first line is the usage
+        print(f"usage: python train.py --config experiments/<exp>/config.py [key=value ...]\n\n{about}\n\n"
+              f"{config_help(config, overrides)}")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

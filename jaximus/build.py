@@ -50,13 +50,17 @@ __all__ = ["PURPOSES", "SCHEMES", "Run", "build", "load_config", "start"]
 def load_config(config_path: str, overrides: list[str]):
     """(cfg, experiment modules), every key's type, range and relations checked; JAX is not touched."""
     exp = load_experiment(config_path)
-    schema = {**SCHEMA, **outer_schema(), **getattr(exp["config"], "config_schema", dict)()}
-    cfg = finalize_config(exp["config"], overrides, schema)
+    cfg = finalize_config(exp["config"], overrides, full_schema(exp))
     check_config(cfg, language_model=not hasattr(exp["model"], "make_objective"))
     check_scheme(cfg)
     getattr(exp["config"], "check_config", lambda c: None)(cfg)
     check_distributed(cfg)
     return cfg, exp
+
+
+def full_schema(exp) -> dict:
+    """Type, range and meaning of every key: the run's, the registered schemes', the experiment's."""
+    return {**SCHEMA, **outer_schema(), **getattr(exp["config"], "config_schema", dict)()}
 
 
 def start(config_path: str, overrides: list[str]):

@@ -4,7 +4,7 @@ A schema maps dotted keys to specs. jaximus owns the keys of the run (SCHEMA bel
 theirs (each scheme declares its keys: outer_optimizers/registry.py) and an experiment its model and optimizer keys
 (`config_schema()` in its config.py).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jaximus import UserError
 
@@ -22,6 +22,7 @@ class Spec:
     optional: bool = False  # None allowed
     also: tuple = ()  # other allowed values (run.resume's "auto" and "fresh")
     length: int | None = None  # for kind "numbers"
+    meaning: str = field(default="", compare=False)  # one line for python train.py --help
 
     def error(self, key: str, value) -> str | None:
         """None if value fits, else the one-line complaint."""
@@ -78,8 +79,8 @@ def text(*choices, **kw) -> Spec:
     return Spec("str", choices=choices, **kw)
 
 
-def flag() -> Spec:
-    return Spec("bool")
+def flag(**kw) -> Spec:
+    return Spec("bool", **kw)
 
 
 def flatten(config: dict, prefix: str = "") -> dict:
@@ -101,41 +102,47 @@ def check_types(cfg, schema: dict[str, Spec]) -> None:
             raise UserError(problem)
 
 
-SCHEMA = {
-    "seed": integer(0),
-    "max_steps": integer(1),
-    "data.source": text("embedded", "hf", "files"),
-    "data.hf_name": Spec("strs", optional=True),
-    "data.files": Spec("strs", optional=True),
-    "data.text_column": text(),
-    "data.seq_len": integer(1),
-    "data.batch_size": integer(1),
-    "data.tokenizer_path": text(optional=True),
-    "data.tokenizer_train_chars": integer(1),
-    "data.cache_dir": text(),
-    "data.prefetch": integer(1),
-    "data.island_split": text("iid", "topic"),
-    "data.shuffle_seed": integer(0),
-    "data.shuffle_rows": integer(1),
-    "parallel.replica": integer(1),
-    "parallel.fsdp": integer(1),
-    "parallel.strategy": text("fsdp", "dp"),
-    "parallel.cpu_devices": integer(1),
-    "eval.every": integer(1),
-    "eval.tokens": integer(1),
-    "run.out_dir": text(),
-    "run.name": text(),
-    "run.resume": integer(0, also=("auto", "fresh")),
-    "checkpoint.every": integer(1),
-    "checkpoint.keep": integer(1),
-    "log.every": integer(1),
-    "guard.loss_margin": number(0),
-    "guard.patience": integer(0),
-    "wandb.mode": text("auto", "online", "offline", "disabled"),
-    "wandb.project": text(),
-    "distributed.coordinator": text(optional=True),
-    "distributed.num_processes": integer(1),
-    "distributed.process_id": integer(0),
-    "distributed.auto": flag(),
-    "distributed.timeout_s": number(1),
+SCHEMA = {  # the run's keys (an experiment's config.py sets their defaults)
+    "seed": integer(0, meaning="initialization, island dropout and (through data.shuffle_seed) the data order"),
+    "max_steps": integer(1, meaning="inner steps to train"),
+    "data.source": text("embedded", "hf", "files", meaning="embedded (this Python's stdlib sources), hf (a Hugging "
+                        "Face dataset, streamed) or files (data.files)"),
+    "data.hf_name": Spec("strs", optional=True, meaning="data.source=hf: [path, name], e.g. "
+                         "['HuggingFaceFW/fineweb-edu', 'sample-10BT']"),
+    "data.files": Spec("strs", optional=True, meaning="data.source=files: local parquet, jsonl or txt paths or globs"),
+    "data.text_column": text(meaning="the column that holds the text (hf, parquet, jsonl)"),
+    "data.seq_len": integer(1, meaning="tokens per row (each row also holds the next token of its last)"),
+    "data.batch_size": integer(1, meaning="rows per step over all islands, split over islands and devices"),
+    "data.tokenizer_path": text(optional=True, meaning="a saved tokenizer.json; None trains a BPE on the training "
+                                "split and caches it"),
+    "data.tokenizer_train_chars": integer(1, meaning="characters of training text the BPE is trained on"),
+    "data.cache_dir": text(meaning="tokenizers, the tokenized corpus and the XLA compile cache"),
+    "data.prefetch": integer(1, meaning="batches the loader prepares ahead"),
+    "data.island_split": text("iid", "topic", meaning="iid: islands share one mixture; topic: whole stdlib packages "
+                              "per island (non-i.i.d.)"),
+    "data.shuffle_seed": integer(0, meaning="the data order (follows seed by default)"),
+    "data.shuffle_rows": integer(1, meaning="hf and files sources: rows per shuffle window of each batch row"),
+    "parallel.replica": integer(1, meaning="islands (the replica mesh axis)"),
+    "parallel.fsdp": integer(1, meaning="devices per island"),
+    "parallel.strategy": text("fsdp", "dp", meaning="fsdp: weights sharded inside an island; dp: replicated"),
+    "parallel.cpu_devices": integer(1, meaning="fake CPU devices to create (replica x fsdp)"),
+    "eval.every": integer(1, meaning="inner steps between evaluations of the global model"),
+    "eval.tokens": integer(1, meaning="held-out tokens each evaluation scores"),
+    "run.out_dir": text(meaning="where run directories go"),
+    "run.name": text(meaning="this run's directory under run.out_dir"),
+    "run.resume": integer(0, also=("auto", "fresh"), meaning="auto: from the newest checkpoint; fresh: start over; "
+                          "a step: rewind to it"),
+    "checkpoint.every": integer(1, meaning="inner steps between checkpoints (and one at the end)"),
+    "checkpoint.keep": integer(1, meaning="checkpoints kept"),
+    "log.every": integer(1, meaning="inner steps between rows of metrics.jsonl (and wandb)"),
+    "guard.loss_margin": number(0, meaning="nats above the step-0 validation loss that count as diverging"),
+    "guard.patience": integer(0, meaning="consecutive steps above it that stop the run; 0 turns the guard off"),
+    "wandb.mode": text("auto", "online", "offline", "disabled", meaning="auto: online with an API key, else offline"),
+    "wandb.project": text(meaning="the wandb project"),
+    "distributed.coordinator": text(optional=True, meaning="host:port of process 0 (several processes joined by hand)"),
+    "distributed.num_processes": integer(1, meaning="processes in the run"),
+    "distributed.process_id": integer(0, meaning="this process's index"),
+    "distributed.auto": flag(meaning="let jax.distributed.initialize() find the cluster (SLURM, Open MPI, TPU)"),
+    "distributed.timeout_s": number(1, meaning="seconds to wait for peers to join; a peer silent for half of it ends "
+                                    "the run"),
 }

@@ -12,7 +12,7 @@
 `add_outer_config(c)` puts every registered key with its default into an experiment's config, and
 `outer_schema()` gives their types and ranges, so a scheme's keys are checked like the library's.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from jaximus import UserError
@@ -93,7 +93,8 @@ def _derived(fn, c):
 
 
 def outer_schema() -> dict[str, Spec]:
-    return {**{key: k.spec for key, k in all_keys().items()}, **COMPRESS_SCHEMA}
+    """Every registered key's spec, carrying its meaning, and the compression layer's."""
+    return {**{key: replace(k.spec, meaning=k.meaning) for key, k in all_keys().items()}, **COMPRESS_SCHEMA}
 
 
 def scheme_named(name: str) -> type:

@@ -105,3 +105,20 @@ def test_provenance_tells_a_dirty_tree_and_which_difference(tmp_path):
     outside = tmp_path.parent / "not-a-repository"
     outside.mkdir()
     assert git_provenance(outside) == {"git_commit": None, "git_dirty": None, "git_diff_sha256": None}
+
+
+@pytest.mark.parametrize("config_path", sorted(str(p) for p in (ROOT / "experiments").glob("*/config.py")))
+def test_help_lists_every_key_with_its_type_and_meaning(config_path, capsys):
+    """python train.py --help [--config ...]: exit 0, one line per key of the finalized config, none without a
+    type or a meaning, and the overrides applied to the values shown."""
+    assert main(["--help", "--config", config_path, "seed=7"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python train.py --config experiments/<exp>/config.py [key=value ...]")
+    rows = {cols[0]: cols for cols in (line.strip().split("  ") for line in out.splitlines() if line.startswith("  "))}
+    rows = {k: [c.strip() for c in v if c.strip()] for k, v in rows.items()}
+    cfg, _ = load_config(config_path, ["seed=7"])
+    keys = list(flatten(cfg.to_dict()))
+    assert sorted(rows) == sorted(keys)
+    missing = [k for k, cols in rows.items() if len(cols) < 4]  # key, value, type and range, meaning
+    assert not missing, missing
+    assert rows["seed"][1] == "7"

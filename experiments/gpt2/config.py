@@ -21,9 +21,14 @@ def get_config() -> sws.Config:
 
 
 def config_schema() -> dict:
-    return {"model.init_from": text(optional=True),
-            **{f"model.{k}": integer(1) for k in ("depth", "width", "n_head", "vocab_size", "max_seq_len")},
-            "model.ln_eps": number(0), "model.compute_dtype": text("float32", "bfloat16"), "model.init_std": number(0),
+    return {"model.init_from": text(optional=True, meaning="a Hugging Face GPT-2 checkpoint directory to start from"),
+            "model.depth": integer(1, meaning="transformer blocks"), "model.width": integer(1, meaning="hidden size"),
+            "model.n_head": integer(1, meaning="attention heads (must divide width)"),
+            "model.vocab_size": integer(1, meaning="tokens in the vocabulary"),
+            "model.max_seq_len": integer(1, meaning="learned positions: the longest data.seq_len"),
+            "model.ln_eps": number(0, meaning="LayerNorm's epsilon"),
+            "model.compute_dtype": text("float32", "bfloat16", meaning="bfloat16: bf16 compute over float32 weights"),
+            "model.init_std": number(0, meaning="std of the random initialization (without model.init_from)"),
             **optimizer_schema()}
 
 

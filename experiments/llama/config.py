@@ -32,13 +32,28 @@ def get_config() -> sws.Config:
 
 def config_schema() -> dict:
     return {
-        "model.init_from": text(optional=True), "model.arch": text(*ARCHITECTURES.values()),
-        **{f"model.{k}": integer(1) for k in ("depth", "width", "n_head", "n_kv_head", "ffn_dim", "vocab_size",
-                                              "max_seq_len")},
-        "model.head_dim": integer(2), "model.rope_base": number(1), "model.rope_scaling": Spec("dict", optional=True),
-        "model.tie_embeddings": flag(), "model.qkv_bias": flag(), "model.rms_eps": number(0),
-        "model.sliding_window": integer(1, optional=True), "model.compute_dtype": text("float32", "bfloat16"),
-        "model.init_std": number(0), "optimizer.kind": text("nanochat", "adamw"), "optimizer.adamw_lr": number(0),
+        "model.init_from": text(optional=True, meaning="a Hugging Face checkpoint directory to start from (its config "
+                                "and tokenizer then set the model keys)"),
+        "model.arch": text(*ARCHITECTURES.values(), meaning="the Hugging Face architecture the weights follow"),
+        "model.depth": integer(1, meaning="decoder layers"), "model.width": integer(1, meaning="hidden size"),
+        "model.n_head": integer(1, meaning="attention heads"),
+        "model.n_kv_head": integer(1, meaning="key/value heads (GQA when fewer than n_head)"),
+        "model.ffn_dim": integer(1, meaning="SwiGLU's intermediate size"),
+        "model.vocab_size": integer(1, meaning="tokens in the vocabulary"),
+        "model.max_seq_len": integer(1, meaning="the rotary table's extent: the longest data.seq_len"),
+        "model.head_dim": integer(2, meaning="dimension per head (even: rotary rotates pairs)"),
+        "model.rope_base": number(1, meaning="rotary base frequency (Llama 3: 500,000)"),
+        "model.rope_scaling": Spec("dict", optional=True, meaning="a checkpoint's rope_scaling (Llama 3.1's llama3 rule)"),
+        "model.tie_embeddings": flag(meaning="the head reuses the embedding"),
+        "model.qkv_bias": flag(meaning="biases on q, k and v (Qwen2)"),
+        "model.rms_eps": number(0, meaning="RMSNorm's epsilon"),
+        "model.sliding_window": integer(1, optional=True, meaning="a checkpoint's attention window (data.seq_len must "
+                                        "fit in it)"),
+        "model.compute_dtype": text("float32", "bfloat16", meaning="bfloat16: bf16 compute over float32 weights"),
+        "model.init_std": number(0, meaning="std of the random initialization (without model.init_from)"),
+        "optimizer.kind": text("nanochat", "adamw", meaning="nanochat: Muon for block matrices, AdamW elsewhere; adamw: "
+                               "AdamW for all"),
+        "optimizer.adamw_lr": number(0, meaning="optimizer.kind=adamw: its peak lr (Llama 2 7B's)"),
         **optimizer_schema(),
     }
 

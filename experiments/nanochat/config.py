@@ -110,26 +110,44 @@ def pretrained_config(defaults: dict, model_keys, run_name: str) -> sws.Config:
 
 
 def config_schema() -> dict:
-    """Type and range of the model and optimizer keys (jaximus checks the rest)."""
+    """Type, range and meaning of the model and optimizer keys (jaximus has the rest)."""
     return {
-        "model.depth": integer(1), "model.width": integer(1), "model.n_head": integer(1),
-        "model.head_dim": integer(2), "model.n_kv_head": integer(1), "model.vocab_size": integer(1),
-        "model.max_seq_len": integer(1), "model.rope_base": number(1), "model.softcap": number(0),
-        "model.compute_dtype": text("float32", "bfloat16"), "model.init_dist": text("normal", "uniform"),
+        "model.depth": integer(1, meaning="layers: the one dial (width, heads and AdamW lrs follow)"),
+        "model.width": integer(1, meaning="model dimension (nanochat: 64 x depth)"),
+        "model.n_head": integer(1, meaning="attention heads (head dim 128)"),
+        "model.head_dim": integer(2, meaning="dimension per head (even: rotary rotates pairs)"),
+        "model.n_kv_head": integer(1, meaning="key/value heads: = n_head is MHA, fewer GQA, 1 MQA"),
+        "model.vocab_size": integer(1, meaning="tokens in the vocabulary (the BPE is trained to this size)"),
+        "model.max_seq_len": integer(1, meaning="the rotary table's extent: the longest data.seq_len"),
+        "model.rope_base": number(1, meaning="rotary base frequency"),
+        "model.softcap": number(0, meaning="logit softcap: softcap x tanh(z / softcap)"),
+        "model.compute_dtype": text("float32", "bfloat16", meaning="bfloat16: bf16 compute over float32 weights"),
+        "model.init_dist": text("normal", "uniform", meaning="initial weights: normal (v0) or uniform of the same std"),
         **optimizer_schema(),
     }
 
 
 def optimizer_schema() -> dict:
+    """nanochat's Muon (block matrices) + AdamW (embedding, head) and its schedule."""
     return {
-        **{f"optimizer.{k}": number(0) for k in ("matrix_lr", "embedding_lr", "unembedding_lr", "adam_eps",
-                                                   "weight_decay", "final_lr_frac")},
-        **{f"optimizer.{k}": number(0, 1, hi_open=True) for k in ("adam_b1", "adam_b2", "muon_momentum",
-                                                                    "muon_momentum_start")},
-        "optimizer.adam": text("adamw", "adopt"), "optimizer.muon_momentum_warmup_steps": integer(0),
-        "optimizer.ns_steps": integer(0), "optimizer.ns_coeffs": Spec("numbers", length=3),
-        "optimizer.ns_dtype": text("float32", "bfloat16"), "optimizer.warmup_steps": integer(0),
-        "optimizer.warmdown_frac": number(0, 1), "optimizer.schedule_steps": integer(1),
+        "optimizer.matrix_lr": number(0, meaning="Muon's lr for the block matrices"),
+        "optimizer.embedding_lr": number(0, meaning="AdamW's lr for the embedding (x (width / 768)^-0.5)"),
+        "optimizer.unembedding_lr": number(0, meaning="AdamW's lr for the head (x (width / 768)^-0.5)"),
+        "optimizer.adam_eps": number(0, meaning="AdamW's epsilon"),
+        "optimizer.weight_decay": number(0, meaning="AdamW's decoupled weight decay"),
+        "optimizer.final_lr_frac": number(0, meaning="the lr at the end of the warmdown, as a fraction of the peak"),
+        "optimizer.adam_b1": number(0, 1, hi_open=True, meaning="AdamW's beta1"),
+        "optimizer.adam_b2": number(0, 1, hi_open=True, meaning="AdamW's beta2"),
+        "optimizer.muon_momentum": number(0, 1, hi_open=True, meaning="Muon's Nesterov momentum after its warmup"),
+        "optimizer.muon_momentum_start": number(0, 1, hi_open=True, meaning="Muon's momentum at step 0"),
+        "optimizer.adam": text("adamw", "adopt", meaning="the embedding and head optimizer (adopt: ADOPT, 2411.02853)"),
+        "optimizer.muon_momentum_warmup_steps": integer(0, meaning="steps over which Muon's momentum rises"),
+        "optimizer.ns_steps": integer(0, meaning="Newton-Schulz iterations of Muon's orthogonalization"),
+        "optimizer.ns_coeffs": Spec("numbers", length=3, meaning="Newton-Schulz's quintic coefficients (a, b, c)"),
+        "optimizer.ns_dtype": text("float32", "bfloat16", meaning="Newton-Schulz's compute dtype"),
+        "optimizer.warmup_steps": integer(0, meaning="linear lr warmup steps"),
+        "optimizer.warmdown_frac": number(0, 1, meaning="the schedule's last fraction, decayed linearly"),
+        "optimizer.schedule_steps": integer(1, meaning="the steps the lr schedule spans (kept when a run is extended)"),
     }
 
 

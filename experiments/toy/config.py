@@ -52,7 +52,11 @@ def get_config() -> sws.Config:
 
 
 def config_schema() -> dict:
-    return {"model.objective": text(*OBJECTIVES), "model.layers": integer(1), "model.dim": integer(1),
-            "model.init": number(), "model.spread": number(0), "model.noise": number(0), "model.gradient": number(),
-            "optimizer.lr": number(0)}
-
+    return {"model.objective": text(*OBJECTIVES, meaning="quadratic, linear or constant (experiments/toy/model.py)"),
+            "model.layers": integer(1, meaning="rows of the weight (Streaming DiLoCo deals them to fragments)"),
+            "model.dim": integer(1, meaning="entries per row of the weight"),
+            "model.init": number(meaning="every weight's initial value"),
+            "model.spread": number(0, meaning="quadratic: the distance between neighbouring islands' optima"),
+            "model.noise": number(0, meaning="std of the noise in each row"),
+            "model.gradient": number(meaning="constant: every weight's gradient"),
+            "optimizer.lr": number(0, meaning="inner SGD's learning rate")}

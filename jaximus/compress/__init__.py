@@ -56,14 +56,16 @@ def add_compress_config(c) -> None:
 
 
 COMPRESS_SCHEMA = {
-    "outer.compress.format": text(*CHOICES, optional=True),  # None and "none" both mean no compression
-    "outer.compress.block": integer(1),
-    "outer.compress.chunk": integer(1),
-    "outer.compress.k": integer(1),
-    "outer.compress.value_bits": integer(choices=VALUE_BITS),
-    "outer.compress.error_feedback": flag(),
-    "outer.compress.ef_decay": number(0, 1),
-    "outer.compress.stochastic": flag(),
+    "outer.compress.format": text(*CHOICES, optional=True,  # None and "none" both mean no compression
+                                  meaning="how pseudo-gradients cross islands: a quantizer, topk or randk; None: float32"),
+    "outer.compress.block": integer(1, meaning="quantizers: values per float32 scale"),
+    "outer.compress.chunk": integer(1, meaning="top-k / random-k: chunk x chunk tiles"),
+    "outer.compress.k": integer(1, meaning="top-k / random-k: entries kept per chunk"),
+    "outer.compress.value_bits": integer(choices=VALUE_BITS, meaning="top-k values: bits of sign + magnitude level "
+                                         "(16: bf16, 32: float32)"),
+    "outer.compress.error_feedback": flag(meaning="keep what compression dropped and send it later"),
+    "outer.compress.ef_decay": number(0, 1, meaning="beta of the error buffer: e <- beta e + delta - sent"),
+    "outer.compress.stochastic": flag(meaning="unbiased stochastic rounding for quantizers and top-k values"),
 }
 
 
