@@ -56,11 +56,7 @@ def load_schemes(folder: Path) -> ModuleType | None:
     """An experiment folder's schemes.py, imported before its config.py so that what it registers has its keys
     in the config and can be picked by outer.name."""
     path = Path(folder) / SCHEMES_FILE
-    if not path.is_file():
-        return None
-    import outer_optimizers  # noqa: F401 (the library's schemes register first, and list first)
-
-    return _load_module(path.resolve())
+    return _load_module(path.resolve()) if path.is_file() else None  # it imports outer_optimizers: theirs list first
 
 
 def finalize_config(config_module: ModuleType, overrides: list[str], schema: dict | None = None) -> sws.FinalConfig:
