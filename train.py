@@ -4,6 +4,7 @@ Wiring only: check the config and start JAX, build the run (mesh, state, program
 directory), train it. The pieces live in jaximus/ and outer_optimizers/.
 """
 import sys
+from pathlib import Path
 
 from jax.errors import JaxRuntimeError
 
@@ -15,7 +16,7 @@ from jaximus.distributed import leave, peer_failure, processes_done
 from jaximus.files import io_error
 from jaximus.loop import Interrupted, train
 
-DEFAULT_CONFIG = "experiments/diloco_nanochat/config.py"
+DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "experiments" / "diloco_nanochat" / "config.py")  # the Quickstart's
 
 
 def main(argv: list[str]) -> int:

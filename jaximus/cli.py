@@ -25,7 +25,7 @@ def _kind(spec) -> tuple[str, str]:
 
 def config_help(config_path: str, overrides: list[str]) -> str:
     """Every config key of an experiment with its value (after the overrides), type and range, and meaning."""
-    from jaximus.build import full_schema
+    from jaximus.build import full_schema  # here, not above: the other tools import this module without JAX
     from jaximus.config import finalize_config, load_experiment
     from jaximus.schema import flatten
 
