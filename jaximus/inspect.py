@@ -47,7 +47,12 @@ def inspect_scheme(cfg, exp) -> dict:
     run = build(cfg, exp, purpose="compile")
     mesh, scheme, state = run.mesh, run.scheme, run.state
     R, B, T = mesh.shape["replica"], cfg.data.batch_size, cfg.data.seq_len
-    batch = jax.ShapeDtypeStruct((R, B // R, T + 1), np.int32, sharding=batch_sharding(mesh))
+    if hasattr(exp["model"], "make_objective"):  # an objective's rows, whatever their shape
+        rows = exp["model"].make_objective(cfg).batch(0, 0)
+        shape, dtype = (R, *rows.shape), rows.dtype
+    else:
+        shape, dtype = (R, B // R, T + 1), np.int32
+    batch = jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh))
     weights = jax.ShapeDtypeStruct((R,), np.float32, sharding=jax.NamedSharding(mesh, jax.P("replica")))
     ledger = scheme.ledger()
 
@@ -138,7 +143,8 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(reports, indent=2))
     first = reports[0]
-    print(f"{first['params']:,} params | {first['flops_per_token']:,} FLOPs/token | mesh {base.parallel.replica} islands "
+    flops = f"{first['flops_per_token']:,}" if first["flops_per_token"] else "unknown"  # a model may not say
+    print(f"{first['params']:,} params | {flops} FLOPs/token | mesh {base.parallel.replica} islands "
           f"x {base.parallel.fsdp} devices ({base.parallel.strategy}) | bytes one island sends: payload into the "
           f"collectives, and on the wire for the pattern compiled | compression {base.outer.compress.format}")
     print(f"{'scheme':16} {'state/device':>13} {'event':26} {'per step':>8} {'ledger':>13} {'HLO':>13} "

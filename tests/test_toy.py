@@ -98,3 +98,16 @@ def _restore(run_dir, step):
     from jaximus.export import restore_numpy
     return restore_numpy(run_dir / "checkpoints" / str(step) / "state")
 
+
+
+@pytest.mark.parametrize("scheme", ["sync", "diloco", "streaming_diloco"])
+def test_inspect_compiles_an_objective_with_an_exact_ledger(scheme):
+    """The objective's own rows (here (rows, 16) float32, not tokens) reach the compiled programs, and the
+    bytes that cross islands are the ledger's."""
+    from jaximus.inspect import inspect_scheme
+
+    cfg, exp = load_config(TOY, [f"outer.name='{scheme}'", "outer.sync_every=4"])
+    report = inspect_scheme(cfg, exp)
+    events = report["inner"] + report["syncs"]
+    assert events and all(e["hlo"] == e["ledger"] for e in events), events
+    assert sum(e["ledger"] * e["per_step"] for e in events) > 0  # the 16 weights do cross
