@@ -187,8 +187,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="directory for results.md and the figures")
     parser.add_argument("--gbps", type=float, default=1.0, help="bandwidth between islands, Gbit/s (default 1)")
     parser.add_argument("--latency-ms", type=float, default=10.0, help="latency per message (default 10 ms)")
-    parser.add_argument("--algorithm", choices=ALGORITHMS, default="ring")
-    parser.add_argument("--accelerator", choices=sorted(PEAK_FLOPS), default="H100")
+    parser.add_argument("--algorithm", choices=ALGORITHMS, default="ring", help="the all-reduce's pattern (default ring)")
+    parser.add_argument("--accelerator", choices=sorted(PEAK_FLOPS), default="H100", metavar="NAME",
+                        help=f"the compute each island's step is projected onto: {', '.join(sorted(PEAK_FLOPS))} "
+                             "(default H100)")
     parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization of the compute (0.4)")
     parser.add_argument("--step-time", type=_step_time, help="seconds per inner step, or 'measured'; "
                         "overrides --accelerator/--mfu")

@@ -193,12 +193,15 @@ def summary(rows: list[dict]) -> list[str]:
 
 
 def main(argv=None):
-    ap = ArgumentParser(prog="python -m jaximus.bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="experiments/diloco_nanochat/config.py")
+    ap = ArgumentParser(prog="python -m jaximus.bench", description=__doc__.splitlines()[0],
+                        usage="python -m jaximus.bench [--config CONFIG] [--meshes RxF,...] [--depths D,...] "
+                              "[--dtypes T,...] [--steps N] [--rounds N] [--peer PYTHON] [--json FILE] [key=value ...]",
+                        epilog="key=value: any config key, applied to every row (python train.py --help)")
+    ap.add_argument("--config", default="experiments/diloco_nanochat/config.py", help="experiments/<exp>/config.py")
     ap.add_argument("--meshes", default="1x1,4x2,8x1", help="comma-separated replica x fsdp meshes")
     ap.add_argument("--dtypes", default="float32", help="model.compute_dtype values to time")
     ap.add_argument("--depths", default="4", help="model.depth values to time")
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=10, help="timed inner steps per row, after one compile step")
     ap.add_argument("--rounds", type=int, default=1, help="alternate the implementations this many times")
     ap.add_argument("--peer", help="python of a venv with torch: also time the PyTorch peer")
     ap.add_argument("--peer-script", default=str(PEER), help="path of torch_gpt_peer.py")

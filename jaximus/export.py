@@ -73,9 +73,9 @@ def export(run_dir, out, step: int | None = None) -> list[Path]:
 
 def main(argv=None) -> int:
     ap = ArgumentParser(prog="python -m jaximus.export", description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir")
-    ap.add_argument("--step", type=int)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("run_dir", help="a run directory train.py wrote (of experiments/llama or experiments/gpt2)")
+    ap.add_argument("--step", type=int, help="the checkpoint to export (default: the newest)")
+    ap.add_argument("--out", required=True, help="directory for model.safetensors, config.json and tokenizer.json")
     args = ap.parse_args(argv)
     try:
         written = export(args.run_dir, args.out, args.step)

@@ -120,9 +120,12 @@ def _mib(n: float) -> str:
 
 
 def main(argv=None) -> int:
-    ap = ArgumentParser(prog="python -m jaximus.inspect", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--schemes", default=",".join(SCHEMES))
+    ap = ArgumentParser(prog="python -m jaximus.inspect", description=__doc__.splitlines()[0],
+                        usage="python -m jaximus.inspect --config CONFIG [--schemes S,...] [--json FILE] [--params] "
+                              "[key=value ...]", epilog="key=value: any config key, as for train.py (python train.py --help)")
+    ap.add_argument("--config", required=True, help="experiments/<exp>/config.py")
+    ap.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated outer.name values to compile "
+                    "(default: every registered scheme)")
     ap.add_argument("--json", help="also write the reports to this file")
     ap.add_argument("--params", action="store_true", help="print the parameter tree instead of the ledger")
     args, overrides = ap.parse_known_args(argv)

@@ -3,6 +3,7 @@ one `error:` line naming the file or key, exit code 2, no traceback, and nothing
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -287,3 +288,20 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, caps
     assert 4 in kept and max(kept) < first and f"the checkpoint at step {max(kept)} is kept" in line
     assert main([*args, "max_steps=16"]) == 0  # at the old learning rates a rerun resumes from it and trains on
     assert f"resuming from step {max(kept)}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", ["analysis.compare", "analysis.sweep", "analysis.reproduce", "analysis.network",
+                                    "jaximus.export", "jaximus.inspect", "jaximus.bench", "jaximus.launch"])
+def test_every_tool_explains_every_flag(module, capsys):
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(module).main(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m {module}")
+    lines, section = out.splitlines(), None
+    for i, line in enumerate(lines):
+        if line and not line.startswith(" "):
+            section = line
+        elif section in ("positional arguments:", "options:") and re.match(r"  \S", line):  # one argument's line
+            explained = "  " in line.strip() or (i + 1 < len(lines) and lines[i + 1].startswith("    "))
+            assert explained, f"{module}: {line.strip()} has no help text"
