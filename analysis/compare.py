@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.network import ALGORITHMS, Link, Projection, compute_seconds, project, utilization_curve
+from analysis.plots import legend_outside, readable_log_ticks, save_png, style
 from analysis.runs import Run, config_differences, find_runs
 from jaximus import UserError
 from jaximus.accounting import PEAK_FLOPS
@@ -132,7 +133,7 @@ def figures(runs: list[Run], cluster: Cluster, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from analysis.network import plot_utilization, save_png
+    from analysis.network import plot_utilization
     series = {}
     for run in runs:
         key = "comm/wire_bytes" if run.wire_bytes is not None else "comm/cross_island_bytes"
@@ -146,14 +147,14 @@ def figures(runs: list[Run], cluster: Cluster, out: Path) -> list[Path]:
                                       (1, "bpb_vs_bytes", "cross-island MiB on the wire per island", True),
                                       (2, "bpb_vs_wallclock", "projected wall-clock, overlapped (s)", False)):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for label, pts in series.items():
-            ax.plot(pts[:, column], pts[:, 3], marker="o", markersize=3, label=label)
+        for i, (label, pts) in enumerate(series.items()):
+            ax.plot(pts[:, column], pts[:, 3], label=label, **style(i))
         ax.set(xlabel=xlabel, ylabel="validation bits per byte", xscale="log" if log else "linear")
-        if column == 2:
-            ax.set_title(cluster.describe(), fontsize=7)
+        if log:
+            readable_log_ticks(ax.xaxis)
+        ax.set_title(f"validation bpb against {xlabel}" + (f"\n{cluster.describe()}" if column == 2 else ""), fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
+        legend_outside(ax)
         save_png(fig, out / f"{name}.png")
         plt.close(fig)
         written.append(out / f"{name}.png")

@@ -5,12 +5,12 @@ payload across the islands) takes `allreduce_seconds`; with overlap, part of it 
 `python -m analysis.network` checks the model against Streaming DiLoCo's simulator (2501.18512, Table 4).
 """
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from analysis.plots import legend_outside, readable_log_ticks, save_png, style
 from jaximus.cli import ArgumentParser
 
 ALGORITHMS = ("ring", "tree")
@@ -192,26 +192,19 @@ def plot_utilization(curves: dict, path, title: str, markers: dict | None = None
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, (name, (gbps, cu)) in enumerate(curves.items()):
-        color = f"C{i}"
-        ax.plot(gbps, 100 * np.asarray(cu), label=name, color=color)
+        look = {**style(i), "marker": None}  # dense curves: dashes and colors tell them apart
+        ax.plot(gbps, 100 * np.asarray(cu), label=name, **look)
         if markers and name in markers:
             x, y = zip(*((g, 100 * t) for t, g in markers[name].items()))
-            ax.scatter(x, y, color=color, marker="x", zorder=3)
+            ax.scatter(x, y, color=look["color"], marker="x", zorder=3)
     ax.set(xscale="log", xlabel="bandwidth between islands (Gbit/s)", ylabel="compute utilization (%)",
-           ylim=(0, 101), title=title)
+           ylim=(0, 101))
+    ax.set_title(title, fontsize=8)
+    readable_log_ticks(ax.xaxis)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    legend_outside(ax)
     save_png(fig, path)
     plt.close(fig)
-
-
-def save_png(fig, path):
-    """Write through a temporary file so a reader never sees half a figure."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    os.replace(tmp, path)
 
 
 def main(argv=None):

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from analysis.compare import Cluster, table
-from analysis.network import Link, save_png
+from analysis.network import Link
+from analysis.plots import legend_outside, save_png, style
 from analysis.reproductions import REPRODUCTIONS, SEEDS, SIZE, Point, Reproduction
 from analysis.runs import load_run
 from analysis.sweep import MANIFEST_FIX, check_points, run_sweep
@@ -103,25 +104,31 @@ def figure(rep: Reproduction, r: Results, path: Path, verdict: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4))
     labels = r.labels
     means = [r.bpb(lab) for lab in labels]
     lo = [r.bpb(lab) - min(r.bpbs(lab)) for lab in labels]
     hi = [max(r.bpbs(lab)) - r.bpb(lab) for lab in labels]
-    left.bar(range(len(labels)), means, yerr=[lo, hi], capsize=3, color="tab:blue", alpha=0.8)
-    left.axhline(r.bpb(rep.reference), color="k", lw=0.8, ls="--", label=rep.reference)
+    best = int(np.argmin(means))  # lower bpb is better
+    colors = ["tab:green" if i == best else "tab:blue" for i in range(len(labels))]
+    left.bar(range(len(labels)), means, yerr=[lo, hi], capsize=3, color=colors, alpha=0.8)
+    left.axhline(r.bpb(rep.reference), color="k", lw=0.8, ls="--", label=f"{rep.reference} (the reference)")
+    left.annotate(f"best: {means[best]:.4f}", (best, means[best]), xytext=(0, 6), textcoords="offset points",
+                  ha="center", fontsize=7, color="tab:green")
     left.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=7)
     span = max(means) - min(means) or 0.01
     left.set_ylim(min(means) - span - r.noise, max(means) + span + r.noise)
     left.set(ylabel="final validation bits per byte")
+    left.set_title("final bpb per point (seed range as error bars; best in green)", fontsize=8)
     left.legend(fontsize=7)
-    for label, runs in r.runs.items():
+    for i, (label, runs) in enumerate(r.runs.items()):
         evals = runs[0].evals
-        right.plot([e["tokens"] for e in evals][1:], [e["val/bpb"] for e in evals][1:], marker="o", ms=2,
-                   label=label)
+        look = {**style(i), "linewidth": 2.5 if label == labels[best] else 1.2}
+        right.plot([e["tokens"] for e in evals][1:], [e["val/bpb"] for e in evals][1:], label=label, **look)
     right.set(xlabel="tokens", ylabel="validation bits per byte")
+    right.set_title("validation bpb during training (first seed)", fontsize=8)
     right.grid(True, alpha=0.3)
-    right.legend(fontsize=6, ncol=2)
+    legend_outside(right)
     fig.suptitle(f"{rep.name}: {verdict}", fontsize=9)
     fig.tight_layout()
     save_png(fig, path)
