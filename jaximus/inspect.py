@@ -124,8 +124,8 @@ def main(argv=None) -> int:
                         usage="python -m jaximus.inspect --config CONFIG [--schemes S,...] [--json FILE] [--params] "
                               "[key=value ...]", epilog="key=value: any config key, as for train.py (python train.py --help)")
     ap.add_argument("--config", required=True, help="experiments/<exp>/config.py")
-    ap.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated outer.name values to compile "
-                    "(default: every registered scheme)")
+    ap.add_argument("--schemes", help="comma-separated outer.name values to compile (default: every registered "
+                    "scheme, the experiment's own included)")
     ap.add_argument("--json", help="also write the reports to this file")
     ap.add_argument("--params", action="store_true", help="print the parameter tree instead of the ledger")
     args, overrides = ap.parse_known_args(argv)
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
                 print_params(rows)
             return 0
         reports = [inspect_scheme(load_config(args.config, [*overrides, f"outer.name='{name}'"])[0], exp)
-                   for name in args.schemes.split(",")]
+                   for name in (args.schemes or ",".join(SCHEMES)).split(",")]  # read after start: it registers
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
