@@ -26,6 +26,8 @@ LLAMA = str(ROOT / "experiments" / "llama" / "config.py")
 HF = ROOT / "tests" / "fixtures" / "hf" / "llama"
 SMALL = ["data.seq_len=12", "data.batch_size=8", "eval.tokens=96", "optimizer.ns_dtype='float32'", "data.prefetch=1",
          "data.tokenizer_train_chars=100000"]
+TOOLS = ["analysis.compare", "analysis.sweep", "analysis.reproduce", "analysis.network", "jaximus.export",
+         "jaximus.inspect", "jaximus.bench", "jaximus.launch"]  # every command-line tool but train.py
 HIGH_LR = [f"optimizer.{k}=10" for k in ("matrix_lr", "embedding_lr", "unembedding_lr")]
 
 
@@ -170,8 +172,7 @@ def test_compare_refuses_what_it_cannot_use(finished_run, tmp_path, capsys):
     one_error(capsys.readouterr().err, "argument --step-time: must be > 0 seconds per inner step")
 
 
-@pytest.mark.parametrize("module", ["analysis.compare", "analysis.sweep", "analysis.reproduce", "analysis.network",
-                                    "jaximus.export", "jaximus.inspect", "jaximus.bench", "jaximus.launch"])
+@pytest.mark.parametrize("module", TOOLS)
 def test_every_tool_answers_a_bad_flag_in_one_line(module, capsys):
     with pytest.raises(SystemExit) as stop:
         importlib.import_module(module).main(["--no-such-flag"])
@@ -290,8 +291,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, caps
     assert f"resuming from step {max(kept)}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("module", ["analysis.compare", "analysis.sweep", "analysis.reproduce", "analysis.network",
-                                    "jaximus.export", "jaximus.inspect", "jaximus.bench", "jaximus.launch"])
+@pytest.mark.parametrize("module", TOOLS)
 def test_every_tool_explains_every_flag(module, capsys):
     with pytest.raises(SystemExit) as stop:
         importlib.import_module(module).main(["--help"])
