@@ -131,9 +131,9 @@ def build(cfg, exp, purpose: str = "train") -> Run:
     scheme = make_scheme(cfg, tx, island, R)
     abstract, shardings, allocate = shard_state(make_init(init_weights, tx, scheme.init, R), key, mesh,
                                                 cfg.parallel.strategy)
-    loss_fn, nats_fn = make_objective(exp["model"], cfg)
-    fpt = getattr(exp["model"], "flops_per_token", lambda c: None)(cfg)
     objective = exp["model"].make_objective(cfg) if hasattr(exp["model"], "make_objective") else None
+    loss_fn, nats_fn = (objective.loss, None) if objective else make_objective(exp["model"], cfg)
+    fpt = getattr(exp["model"], "flops_per_token", lambda c: None)(cfg)
     per_row = 1 if objective else cfg.data.seq_len  # an objective's row is one example
     perf = {"tokens_per_step": cfg.data.batch_size * per_row, "flops_per_token": fpt}
     info = {"experiment": str(Path(exp["config"].__file__).resolve()),

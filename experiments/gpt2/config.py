@@ -6,7 +6,7 @@ import sws
 
 from experiments.gpt2.hf import model_keys, sources
 from experiments.gpt2.model import weight_shapes
-from experiments.nanochat.config import optimizer_schema, pretrained_config
+from experiments.nanochat.config import COMPUTE_DTYPE, INIT_STD, optimizer_schema, pretrained_config
 from jaximus import UserError
 from jaximus.pretrained import check_against_checkpoint
 from jaximus.schema import integer, number, text
@@ -27,8 +27,7 @@ def config_schema() -> dict:
             "model.vocab_size": integer(1, meaning="tokens in the vocabulary"),
             "model.max_seq_len": integer(1, meaning="learned positions: the longest data.seq_len"),
             "model.ln_eps": number(0, meaning="LayerNorm's epsilon"),
-            "model.compute_dtype": text("float32", "bfloat16", meaning="bfloat16: bf16 compute over float32 weights"),
-            "model.init_std": number(0, meaning="std of the random initialization (without model.init_from)"),
+            "model.compute_dtype": COMPUTE_DTYPE, "model.init_std": INIT_STD,
             **optimizer_schema()}
 
 

@@ -9,7 +9,7 @@ import sws
 
 from experiments.llama.hf import ARCHITECTURES, model_keys, sources
 from experiments.llama.model import weight_shapes
-from experiments.nanochat.config import optimizer_schema, pretrained_config
+from experiments.nanochat.config import COMPUTE_DTYPE, INIT_STD, optimizer_schema, pretrained_config
 from jaximus import UserError
 from jaximus.pretrained import check_against_checkpoint
 from jaximus.schema import Spec, flag, integer, number, text
@@ -49,8 +49,7 @@ def config_schema() -> dict:
         "model.rms_eps": number(0, meaning="RMSNorm's epsilon"),
         "model.sliding_window": integer(1, optional=True, meaning="a checkpoint's attention window (data.seq_len must "
                                         "fit in it)"),
-        "model.compute_dtype": text("float32", "bfloat16", meaning="bfloat16: bf16 compute over float32 weights"),
-        "model.init_std": number(0, meaning="std of the random initialization (without model.init_from)"),
+        "model.compute_dtype": COMPUTE_DTYPE, "model.init_std": INIT_STD,
         "optimizer.kind": text("nanochat", "adamw", meaning="nanochat: Muon for block matrices, AdamW elsewhere; adamw: "
                                "AdamW for all"),
         "optimizer.adamw_lr": number(0, meaning="optimizer.kind=adamw: its peak lr (Llama 2 7B's)"),

@@ -109,6 +109,10 @@ def pretrained_config(defaults: dict, model_keys, run_name: str) -> sws.Config:
     return c
 
 
+COMPUTE_DTYPE = text("float32", "bfloat16", meaning="bfloat16: bf16 compute over float32 weights")  # every model here
+INIT_STD = number(0, meaning="std of the random initialization (without model.init_from)")  # the HF architectures'
+
+
 def config_schema() -> dict:
     """Type, range and meaning of the model and optimizer keys (jaximus has the rest)."""
     return {
@@ -121,7 +125,7 @@ def config_schema() -> dict:
         "model.max_seq_len": integer(1, meaning="the rotary table's extent: the longest data.seq_len"),
         "model.rope_base": number(1, meaning="rotary base frequency"),
         "model.softcap": number(0, meaning="logit softcap: softcap x tanh(z / softcap)"),
-        "model.compute_dtype": text("float32", "bfloat16", meaning="bfloat16: bf16 compute over float32 weights"),
+        "model.compute_dtype": COMPUTE_DTYPE,
         "model.init_dist": text("normal", "uniform", meaning="initial weights: normal (v0) or uniform of the same std"),
         **optimizer_schema(),
     }
