@@ -158,6 +158,9 @@ def figures(runs: list[Run], cluster: Cluster, out: Path) -> list[Path]:
         save_png(fig, out / f"{name}.png")
         plt.close(fig)
         written.append(out / f"{name}.png")
+    simulated = {run.name: [(e["time/sim_s"], e["val/bpb"]) for e in run.evals if "time/sim_s" in e] for run in runs}
+    if any(len(points) > 1 for points in simulated.values()):  # runs from before the simulated clock have none
+        written.append(plot_simulated(simulated, out / "bpb_vs_simulated_time.png"))
     inputs = {run.name: (compute_s(run, cluster), [b for _, b in run.events()], run) for run in runs}
     # Span the bandwidths where each run goes from communication-bound to compute-bound.
     balance = [8 * sum(ev) / (run.steps * t) / 1e9 for t, ev, run in inputs.values() if sum(ev)]
@@ -168,6 +171,22 @@ def figures(runs: list[Run], cluster: Cluster, out: Path) -> list[Path]:
     plot_utilization(curves, out / "utilization_vs_bandwidth.png",
                      f"overlapped; {cluster.link.latency_s * 1e3:g} ms latency; {cluster.compute()}")
     return written + [out / "utilization_vs_bandwidth.png"]
+
+
+def plot_simulated(series: dict[str, list], path: Path) -> Path:
+    """Validation bpb against each run's own simulated wall-clock (its islands.* speeds and link)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (label, points) in enumerate((k, v) for k, v in series.items() if len(v) > 1):
+        ax.plot(*np.array(points).T, label=label, **style(i))
+    ax.set(xlabel="simulated wall-clock (s)", ylabel="validation bits per byte")
+    ax.set_title("validation bpb against simulated wall-clock\neach run's islands.* speeds, waits and link", fontsize=8)
+    ax.grid(True, alpha=0.3)
+    legend_outside(ax)
+    save_png(fig, path)
+    plt.close(fig)
+    return path
 
 
 def _step_time(text: str):

@@ -154,7 +154,7 @@ def streaming_setup(params: float, step_s: float, config=STREAMING_CONFIG) -> tu
                             jax.random.key(0))
     scheme = make_scheme(cfg, tx, island, 2)
     ours = sum(x.size for x in jax.tree.leaves(island.params))
-    wire = [n for g, n in scheme.ledger()["wire"]["sync"].items() if g.startswith("fragment")]
+    wire = [n for g, n in scheme.ledger()["wire"]["sync"].items() if g.kind == "fragment"]
     return [params * n / ours for n in wire], scheme.overlap_steps() * step_s
 
 

@@ -66,6 +66,7 @@ def measure(config_path: str, overrides: list[str], steps: int) -> dict:
     from jaximus.build import build, start
     from jaximus.evaluate import val_sharding
     from jaximus.islands import per_island
+    from jaximus.plan import Clock, names
     from jaximus.step import make_eval_step, make_objective
 
     cfg, exp = start(config_path, overrides)
@@ -73,7 +74,7 @@ def measure(config_path: str, overrides: list[str], steps: int) -> dict:
     R, B, T, V = cfg.parallel.replica, cfg.data.batch_size, cfg.data.seq_len, cfg.model.vocab_size
     with build(cfg, exp, purpose="measure") as run:
         batches = [run.batch(rng.integers(0, V, (R, B // R, T + 1), dtype=np.int32)) for _ in range(4)]
-        events = run.scheme.step_events(1)  # the inner step the loop runs (sync DP: the gradient mean)
+        events = run.scheme.plan(Clock.everyone(1, cfg.max_steps, R)).events  # the loop's step (sync DP: its mean)
         box = {"state": run.state, "i": 0}
 
         def step():
@@ -89,7 +90,8 @@ def measure(config_path: str, overrides: list[str], steps: int) -> dict:
             program = jax.jit(per_island(lambda p, b, f=fn: f(p, b), run.mesh))
             phases[name] = _timed(lambda: jax.block_until_ready(program(params, batches[0])), steps)[1]
         sync_s = None
-        groups = run.scheme.due(getattr(run.scheme, "every", 1), last=True)
+        every = getattr(run.scheme, "every", 1)
+        groups = run.scheme.plan(Clock.everyone(every, every, R)).groups  # a last step syncs every group
         if groups:
             weights = np.full(R, 1 / R, np.float32)
 
@@ -109,7 +111,7 @@ def measure(config_path: str, overrides: list[str], steps: int) -> dict:
             "impl": "jaximus", "mesh": f"{R}x{cfg.parallel.fsdp}", "dtype": cfg.model.compute_dtype,
             "depth": cfg.model.depth, "tokens_per_sec": B * T / step_s, "step_s": step_s, "compile_s": first - step_s,
             "first_step_s": first, "mfu": mfu(fpt, B * T / step_s, run.perf["peak"]), "flops_per_token": fpt,
-            "peak_flops": run.perf["peak"], "phases_s": phases, "sync_s": sync_s, "sync_groups": sorted(groups),
+            "peak_flops": run.perf["peak"], "phases_s": phases, "sync_s": sync_s, "sync_groups": names(groups),
             "eval_s": eval_s, "eval_tokens": n * B * T,
             "eval_at_step_mfu_s": n * step_s / 3,  # its forward FLOPs (1/3 of a step's per token) at the step's rate
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, **loader}

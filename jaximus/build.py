@@ -14,6 +14,7 @@ import jax
 from jaximus import UserError
 from jaximus.accounting import peak_flops
 from jaximus.checkpoint import Checkpointer, check_resume, clear
+from jaximus.clock import ISLANDS_SCHEMA, IslandClock, check_islands
 from jaximus.config import check_config, check_writable, finalize_config, load_experiment
 from jaximus.data.loader import TrainLoader, validation_rows
 from jaximus.data.pipeline import open_data, train_loader
@@ -33,7 +34,7 @@ from jaximus.distributed import (
 from jaximus.evaluate import evaluate as evaluate_rows
 from jaximus.evaluate import split_val_rows, val_sharding
 from jaximus.files import RunLock, atomic_write
-from jaximus.ledger import Ledger
+from jaximus.ledger import Ledger, as_json
 from jaximus.log import make_logger, resolve_wandb_mode
 from jaximus.mesh import batch_sharding, enable_compile_cache, force_cpu_devices, make_mesh
 from jaximus.objective import Objective, ObjectiveLoader, make_objective_eval, validation_batches
@@ -55,12 +56,13 @@ def load_config(config_path: str, overrides: list[str]):
     check_scheme(cfg)
     getattr(exp["config"], "check_config", lambda c: None)(cfg)
     check_distributed(cfg)
+    check_islands(cfg)
     return cfg, exp
 
 
 def full_schema(exp) -> dict:
     """Type, range and meaning of every key: the run's, the registered schemes', the experiment's."""
-    return {**SCHEMA, **outer_schema(), **getattr(exp["config"], "config_schema", dict)()}
+    return {**SCHEMA, **ISLANDS_SCHEMA, **outer_schema(), **getattr(exp["config"], "config_schema", dict)()}
 
 
 def start(config_path: str, overrides: list[str]):
@@ -92,6 +94,7 @@ class Run:
     checkpointer: Checkpointer | None = None
     progress: Progress | None = None
     ledger: Ledger | None = None
+    clock: IslandClock | None = None  # who takes part in each step, and the simulated time
     lock: RunLock | None = None  # process 0's hold on the run directory
 
     def batch(self, rows):
@@ -138,7 +141,7 @@ def build(cfg, exp, purpose: str = "train") -> Run:
     perf = {"tokens_per_step": cfg.data.batch_size * per_row, "flops_per_token": fpt}
     info = {"experiment": str(Path(exp["config"].__file__).resolve()),
             "params": sum(x.size for x in jax.tree.leaves(island.params)), "flops_per_token": fpt,
-            "optimizer": resolved, "ledger": scheme.ledger(), "overlap_steps": scheme.overlap_steps()}
+            "optimizer": resolved, "ledger": as_json(scheme.ledger()), "overlap_steps": scheme.overlap_steps()}
     if purpose != "compile":  # measured on one device, outside the mesh
         perf["peak"], info["peak_source"] = peak_flops()
         info["peak_flops"] = perf["peak"]
@@ -252,9 +255,10 @@ def _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, part
         positions = [progress.positions[r] for r in islands] if progress.positions else None
         loader = train_loader(cfg, data, islands, positions)
         val_batches = replicated_input(split_val_rows(val_rows, R, B), val_sharding(mesh))
+    scheme = parts["scheme"]
     return Run(state=state, evaluate=evaluate, val_batches=val_batches, loader=loader, logger=logger,
-               checkpointer=checkpointer, progress=progress,
-               ledger=Ledger(parts["scheme"].ledger(), progress, R), lock=lock, **parts)
+               checkpointer=checkpointer, progress=progress, ledger=Ledger(scheme.ledger(), progress, R),
+               clock=IslandClock(cfg, scheme.ledger(), scheme.overlap_steps(), progress), lock=lock, **parts)
 
 
 def say(text: str) -> None:

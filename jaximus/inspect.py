@@ -5,9 +5,14 @@ the HLO's, with the element types the cross-island collectives carry.
     python -m jaximus.inspect --config experiments/diloco_nanochat/config.py [--schemes a,b] [key=value ...]
     python -m jaximus.inspect --config experiments/llama/config.py --params [key=value ...]
 
+    python -m jaximus.inspect --config experiments/diloco_nanochat/config.py --timeline [--gantt F.png] [key=value ...]
+
 --params prints the parameter tree instead: path, shape, dtype, partition spec in the island, bytes per
 device and count. In a notebook, `show_params(config_path, *overrides)` renders it with treescope
-when that is installed.
+when that is installed. --timeline is a dry run of the schedule on the simulated clock (islands.*),
+without training: one JSON line per thing an island does (compute, wait, comm, apply) with its island,
+local step, simulated start and end, outer version and staleness, then the clock's summary;
+--gantt FILE.png draws each island's first steps.
 """
 import json
 import math
@@ -20,26 +25,31 @@ import numpy as np
 from jaximus import UserError
 from jaximus.build import SCHEMES, build, load_config, start
 from jaximus.cli import ArgumentParser
+from jaximus.clock import IslandClock
 from jaximus.distributed import is_primary
 from jaximus.hlo import cross_island, cross_island_bytes, processes_spanned
+from jaximus.ledger import plan_bytes
 from jaximus.mesh import batch_sharding
+from jaximus.plan import Clock, names
+from jaximus.state import Progress
 
 
-def occurrences(scheme, what, horizon: int = 10_000) -> dict[frozenset, float]:
-    """Each distinct value of what(step) and how often it occurs per inner step, over one full cycle in the
-    steady state (the second cycle, so events that wrap around from the previous one are counted)."""
+def occurrences(scheme, what, islands: int, horizon: int = 10_000) -> dict:
+    """Each distinct value of what(plan) and how often it occurs per inner step, over one full cycle of a
+    lockstep run in the steady state (the second cycle, so events that wrap around from the previous one
+    are counted)."""
     periods = [getattr(scheme, "every", None)] + list(getattr(scheme, "periods", {}).values())
     cycle = min(math.lcm(*[p for p in periods if p]) if any(periods) else 1, horizon)
-    counts: dict[frozenset, int] = {}
+    counts: dict = {}
     for step in range(cycle + 1, 2 * cycle + 1):
-        value = what(step)
+        value = what(scheme.plan(Clock.everyone(step, 3 * cycle, islands)))
         counts[value] = counts.get(value, 0) + 1
     return {v: n / cycle for v, n in counts.items()}
 
 
-def sync_events(scheme) -> dict[frozenset, float]:
+def sync_events(scheme, islands: int) -> dict[frozenset, float]:
     """Each distinct set of synced groups and how often it occurs per inner step."""
-    return {g: rate for g, rate in occurrences(scheme, scheme.due).items() if g}
+    return {g: rate for g, rate in occurrences(scheme, lambda plan: plan.groups, islands).items() if g}
 
 
 def inspect_scheme(cfg, exp) -> dict:
@@ -56,23 +66,23 @@ def inspect_scheme(cfg, exp) -> dict:
     weights = jax.ShapeDtypeStruct((R,), np.float32, sharding=jax.NamedSharding(mesh, jax.P("replica")))
     ledger = scheme.ledger()
 
-    def measure(hlo, kind, names):
+    def measure(hlo, kind, keys):
         count, payload, wire = cross_island_bytes(hlo, mesh)
         return {"per_step": 0.0, "hlo": payload, "hlo_wire": wire, "collectives": count,
-                "ledger": sum(ledger[kind].get(n, 0) for n in names),
-                "ledger_wire": sum(ledger["wire"][kind].get(n, 0.0) for n in names),
+                "ledger": sum(ledger[kind].get(k, 0) for k in keys),
+                "ledger_wire": sum(ledger["wire"][kind].get(k, 0.0) for k in keys),
                 "dtypes": sorted({d for c in cross_island(hlo, mesh) for d in c.dtypes}),
                 "processes": processes_spanned(hlo, mesh)}
 
     with jax.set_mesh(mesh):
         inner = [{**measure(run.step.build(ev).lower(state, batch).compile().as_text(), "step", ev),
-                  "events": sorted(ev), "per_step": rate} for ev, rate in occurrences(scheme, scheme.step_events).items()]
+                  "events": names(ev), "per_step": rate}
+                 for ev, rate in occurrences(scheme, lambda plan: plan.events, R).items()]
         events = [{**measure(run.sync.build(g).lower(state, weights).compile().as_text(), "sync", g),
-                   "groups": sorted(g), "per_step": rate} for g, rate in sync_events(scheme).items()]
+                   "groups": names(g), "per_step": rate} for g, rate in sync_events(scheme, R).items()]
     per_device = sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
                      for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(run.shardings)))
-    sent = occurrences(scheme, lambda s: sum(ledger["step"].get(e, 0) for e in scheme.step_events(s))
-                       + sum(ledger["sync"][g] for g in scheme.due(s)))
+    sent = occurrences(scheme, lambda plan: plan_bytes(ledger, plan), R)
     per_step = sum(e["ledger"] * e["per_step"] for e in inner + events)
     return {"scheme": scheme.name, "params": run.info["params"], "state_bytes_per_device": per_device,
             "flops_per_token": run.info["flops_per_token"], "inner": inner, "syncs": events,
@@ -115,6 +125,17 @@ def show_params(config_path: str, *overrides: str):
     return treescope.show(run.state.islands.params)
 
 
+def timeline(cfg, exp, steps: int | None = None):
+    """The simulated schedule of a run (its scheme's plans on the island clock), as timeline events, with
+    the clock's summary last; nothing is allocated, compiled or trained."""
+    run = build(cfg, exp, purpose="compile")
+    clock = IslandClock(cfg, run.scheme.ledger(), run.scheme.overlap_steps(), Progress())
+    events = []
+    for step in range(1, (steps or cfg.max_steps) + 1):
+        events += clock.advance(run.scheme.plan(clock.clock(step)))
+    return events, clock.summary()
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**20:,.2f} MiB"
 
@@ -122,15 +143,31 @@ def _mib(n: float) -> str:
 def main(argv=None) -> int:
     ap = ArgumentParser(prog="python -m jaximus.inspect", description=__doc__.splitlines()[0],
                         usage="python -m jaximus.inspect --config CONFIG [--schemes S,...] [--json FILE] [--params] "
-                              "[key=value ...]", epilog="key=value: any config key, as for train.py (python train.py --help)")
+                              "[--timeline [--gantt FILE.png]] [key=value ...]",
+                        epilog="key=value: any config key, as for train.py (python train.py --help)")
     ap.add_argument("--config", required=True, help="experiments/<exp>/config.py")
     ap.add_argument("--schemes", help="comma-separated outer.name values to compile (default: every registered "
                     "scheme, the experiment's own included)")
     ap.add_argument("--json", help="also write the reports to this file")
     ap.add_argument("--params", action="store_true", help="print the parameter tree instead of the ledger")
+    ap.add_argument("--timeline", action="store_true", help="print the run's simulated schedule as JSON lines "
+                    "(max_steps steps, islands.* speeds), and its summary last, instead of the ledger")
+    ap.add_argument("--gantt", metavar="FILE.png", help="with --timeline: also draw each island's first "
+                    "--gantt-steps steps, waits and syncs")
+    ap.add_argument("--gantt-steps", type=int, default=40, help="steps the Gantt chart shows (default 40)")
     args, overrides = ap.parse_known_args(argv)
     try:
         base, exp = start(args.config, overrides)
+        if args.timeline:
+            events, summary = timeline(base, exp)
+            if is_primary():
+                print("\n".join(json.dumps(e) for e in events) + "\n" + json.dumps({"summary": summary}))
+                if args.gantt:
+                    from analysis.timeline import plot_gantt
+                    plot_gantt(events, args.gantt, args.gantt_steps, f"{base.outer.name}, islands.step_s="
+                               f"{tuple(base.islands.step_s)}, jitter {base.islands.jitter:g}, stragglers "
+                               f"{base.islands.straggler_prob:g} x {base.islands.straggler_slowdown:g}")
+            return 0
         if args.params:
             rows = param_rows(build(base, exp, purpose="compile"))
             if is_primary():

@@ -6,7 +6,6 @@ islands except the collectives written here. Nothing in this module knows about 
 """
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import PartitionSpec as P
 
 
@@ -44,11 +43,3 @@ def tree_bytes(tree) -> int:
     """Bytes of a pytree of arrays or ShapeDtypeStructs."""
     return sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
-
-def present_weights(seed: int, step: int, islands: int, dropout: float) -> np.ndarray | None:
-    """Per-island weights of one sync's mean: 1/n for the n islands present, 0 for those that dropped out.
-
-    Drawn from (seed, step), so a resumed run drops the same islands; None when every island dropped out.
-    """
-    present = np.random.default_rng([seed, step]).random(islands) >= dropout if dropout else np.ones(islands, bool)
-    return present / present.sum() if present.any() else None

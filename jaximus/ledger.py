@@ -3,14 +3,29 @@ own byte counts (a test keeps them equal to the compiled programs'), kept in the
 
 Two totals per island: the payload it handed to cross-island collectives (comm/cross_island_bytes) and
 the bytes it put on the link for the collective pattern compiled (comm/wire_bytes: a ring all-reduce
-sends 2 (R - 1) / R x its payload, an all-gather (R - 1) x).
+sends 2 (R - 1) / R x its payload, an all-gather (R - 1) x). The scheme's ledger is keyed by its
+Events and Groups (jaximus/plan.py); `as_json` spells them for config.json.
 """
+from jaximus.plan import Plan
 from jaximus.state import Progress
 
 
 def _mean(values):
     total, n = sum(values), len(values)
     return total // n if isinstance(total, int) and total % n == 0 else total / n
+
+
+def as_json(scheme_ledger: dict) -> dict:
+    """The scheme's ledger with its Events and Groups spelled as strings (how config.json records it)."""
+    return {k: as_json(v) if isinstance(v, dict) else v for k, v in
+            ((k if isinstance(k, str) else str(k), v) for k, v in scheme_ledger.items())}
+
+
+def plan_bytes(scheme_ledger: dict, plan: Plan, key: str = "payload") -> float:
+    """Bytes one island sends for a plan: its step's events and, when the sync takes place, its groups."""
+    table = scheme_ledger if key == "payload" else scheme_ledger["wire"]
+    sent = sum(table["step"].get(e, 0) for e in plan.events)
+    return sent + (sum(table["sync"][g] for g in plan.groups) if plan.weights is not None else 0)
 
 
 class Ledger:
@@ -26,16 +41,16 @@ class Ledger:
         p.island_wire = [b + (wire if here else 0.0) for b, here in zip(p.island_wire, present)]
         p.syncs += 1
 
-    def inner_step(self, events) -> None:
-        """What the inner step's events sent (sync DP's gradients on every step), as one communication event."""
-        payload = sum(self.payload["step"].get(e, 0) for e in events)
+    def record(self, plan: Plan) -> None:
+        """What a planned step sent: its inner step's events (sync DP's gradients on every step) as one
+        communication event, then its sync, which an island that dropped out of (weight 0) sent nothing for."""
+        payload = sum(self.payload["step"].get(e, 0) for e in plan.events)
         if payload:
-            self._send(payload, sum(self.wire["step"].get(e, 0.0) for e in events), [True] * len(self.progress.island_bytes))
-
-    def sync(self, groups, weights) -> None:
-        """An island that dropped out of the sync (weight 0) sent nothing."""
-        self._send(sum(self.payload["sync"][g] for g in groups), sum(self.wire["sync"][g] for g in groups),
-                   [w > 0 for w in weights])
+            self._send(payload, sum(self.wire["step"].get(e, 0.0) for e in plan.events),
+                       [True] * len(self.progress.island_bytes))
+        if plan.groups and plan.weights is not None:
+            self._send(sum(self.payload["sync"][g] for g in plan.groups),
+                       sum(self.wire["sync"][g] for g in plan.groups), [w > 0 for w in plan.weights])
 
     def metrics(self) -> dict:
         """Means over islands of what each has sent so far."""

@@ -21,36 +21,34 @@ from jaximus.checkpoint import SCHEDULE_KEY, schedule_length
 from jaximus.distributed import all_processes_agree, gather_islands, is_primary, step_finished, to_host
 from jaximus.files import read_json
 from jaximus.guard import Diverged, DivergenceGuard
-from jaximus.islands import present_weights
+from jaximus.plan import names
 from jaximus.schema import flatten
 
 
 def advance(run, state, step: int):
-    """Inner step number step + 1 on every island, then the scheme's sync if one is due: (state, loss_R, metrics).
+    """Inner step number step + 1 on every island, then the scheme's sync if its plan has one: (state, loss_R, metrics).
 
     After the last step whatever is pending syncs, so the final evaluation reflects all the compute.
     """
-    cfg, scheme, done = run.cfg, run.scheme, step + 1
-    events = scheme.step_events(done)
-    state, loss = run.step(state, run.batch(next(run.loader)), events)
+    done = step + 1
+    plan = run.scheme.plan(run.clock.clock(done))
+    state, loss = run.step(state, run.batch(next(run.loader)), plan.events)
     if _serialize():
         jax.block_until_ready(state)
-    run.ledger.inner_step(events)
     metrics = {"step": done, "tokens": done * run.perf["tokens_per_step"],
                **{f"lr/{k}": float(f(step)) for k, f in run.schedules.items()}}
-    groups = scheme.due(done, last=done == cfg.max_steps)
-    if groups:
-        weights = present_weights(cfg.seed, done, cfg.parallel.replica, cfg.faults.island_dropout)
-        if weights is None:  # nobody attends: the sync is skipped
-            metrics.update({"outer/islands_present": 0, "outer/present": "0" * cfg.parallel.replica})
-        else:
-            state, sync_metrics = run.sync(state, groups, weights)
-            if _serialize():
-                jax.block_until_ready(state)
-            run.ledger.sync(groups, weights)
-            metrics.update(_sync_metrics(sync_metrics, groups, scheme))
-            metrics.update({"outer/islands_present": int((weights > 0).sum()),
-                            "outer/present": "".join("1" if w > 0 else "0" for w in weights)})
+    if plan.skipped:  # nobody attends: the sync is skipped
+        metrics.update({"outer/islands_present": 0, "outer/present": "0" * run.cfg.parallel.replica})
+    elif plan.groups:
+        state, sync_metrics = run.sync(state, plan.groups, plan.weights)
+        if _serialize():
+            jax.block_until_ready(state)
+        metrics.update(_sync_metrics(sync_metrics, plan.groups, run.scheme))
+        metrics.update({"outer/islands_present": sum(w > 0 for w in plan.weights),
+                        "outer/present": "".join("1" if w > 0 else "0" for w in plan.weights)})
+    run.ledger.record(plan)
+    run.clock.advance(plan)
+    metrics["time/sim_s"] = run.clock.now_s()
     run.progress.step = done
     step_finished(done)
     return state, loss, {**metrics, **run.ledger.metrics()}
@@ -73,7 +71,8 @@ def train(run) -> dict:
     state = run.state
     if progress.step == 0:
         progress.evals[0] = evaluate_global(run, state)
-        logger.log({"step": 0, "tokens": 0, **progress.evals[0]})  # curves start from the shared initialization
+        # curves start from the shared initialization
+        logger.log({"step": 0, "tokens": 0, "time/sim_s": 0.0, **progress.evals[0]})
     else:
         logger.advance(progress.step)
     clock = {"last": time.perf_counter(), "times": []}
@@ -89,7 +88,8 @@ def train(run) -> dict:
                 _report(*pending, run, clock, guard)
                 pending = None
                 progress.evals[done] = evaluate_global(run, state)
-                logger.log({"step": done, "tokens": metrics["tokens"], **progress.evals[done]})
+                logger.log({"step": done, "tokens": metrics["tokens"], "time/sim_s": metrics["time/sim_s"],
+                            **progress.evals[done]})
                 clock["last"] = time.perf_counter()  # evaluation time is not step time
             stop = all_processes_agree(interrupt.signum or 0)  # every process stops at the same step
             if done % cfg.checkpoint.every == 0 or last or stop:
@@ -183,7 +183,7 @@ def _all_finite(state):
 
 
 def _sync_metrics(sync_metrics, groups, scheme) -> dict:
-    out = {"outer/groups": ",".join(sorted(groups)), "outer/lr": scheme.outer_lr()}
+    out = {"outer/groups": ",".join(names(groups)), "outer/lr": scheme.outer_lr()}
     host = to_host(sync_metrics)
     if "drift" in host:
         out.update({"outer/drift": float(np.mean(host["drift"])), "outer/drift_max": float(np.max(host["drift"])),
@@ -203,7 +203,8 @@ def _summary(cfg, progress, clock, run) -> dict:
             "val/bpb_initial": first.get("val/bpb"), "val/loss_initial": first["val/loss"],
             "perf/tokens_per_sec": tokens_per_sec, "perf/step_s": step_s,
             "perf/mfu": mfu(fpt, tokens_per_sec, perf["peak"]) if fpt else None, **run.ledger.metrics(),
-            "comm/island_bytes": list(progress.island_bytes), "comm/island_wire_bytes": list(progress.island_wire)}
+            "comm/island_bytes": list(progress.island_bytes), "comm/island_wire_bytes": list(progress.island_wire),
+            **run.clock.summary()}
 
 
 def _report(loss, metrics, ready_at, run, clock, guard):

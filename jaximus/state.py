@@ -68,12 +68,14 @@ class Progress:
     island_wire: list[float] = field(default_factory=list)  # and the bytes it put on the link for it
     syncs: int = 0  # communication events so far
     evals: dict[int, dict] = field(default_factory=dict)  # step -> {"val/loss", "val/bpb"}
+    clock: dict = field(default_factory=dict)  # each island's simulated time and steps (jaximus/clock.py)
 
     def to_meta(self) -> dict:
         return {"step": self.step, "positions": self.positions, "island_bytes": self.island_bytes,
-                "island_wire": self.island_wire, "syncs": self.syncs, "evals": {str(k): v for k, v in self.evals.items()}}
+                "island_wire": self.island_wire, "syncs": self.syncs, "evals": {str(k): v for k, v in self.evals.items()},
+                "clock": self.clock}
 
     @classmethod
     def from_meta(cls, meta: dict) -> "Progress":
         return cls(meta["step"], meta["positions"], list(meta["island_bytes"]), list(meta["island_wire"]),
-                   meta["syncs"], {int(k): v for k, v in meta["evals"].items()})
+                   meta["syncs"], {int(k): v for k, v in meta["evals"].items()}, meta.get("clock", {}))  # older runs: from 0

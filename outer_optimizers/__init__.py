@@ -5,6 +5,7 @@ outer_optimizers/base.py. Importing this package registers the library's schemes
 own registers itself in its experiment's schemes.py (docs/writing_a_scheme.md).
 """
 from jaximus.compress import Compressor
+from jaximus.plan import Clock, Event, Group, Plan
 from outer_optimizers.base import Scheme
 from outer_optimizers.registry import SCHEMES, Key, add_outer_config, check_scheme, outer_schema, register, scheme_named
 
@@ -22,4 +23,5 @@ def make_scheme(cfg, inner_tx, island, num_islands: int) -> Scheme:
     return scheme.variant(cfg)(cfg.outer, inner_tx, island, num_islands, compressor)
 
 
-__all__ = ["SCHEMES", "Key", "Scheme", "add_outer_config", "check_scheme", "make_scheme", "outer_schema", "register"]
+__all__ = ["SCHEMES", "Clock", "Event", "Group", "Key", "Plan", "Scheme", "add_outer_config", "check_scheme", "make_scheme",
+           "outer_schema", "register"]

@@ -7,31 +7,36 @@
         compressible: bool                        # feeds a mean pseudo-gradient to an outer step
         check(cfg) (classmethod)                  # settings it cannot honour, one line each, before JAX starts
         variant(cfg) -> class (classmethod)       # the class that runs this config (DiLoCo's eager updates)
-        groups: tuple[str, ...]                   # what a sync can exchange; fixed at construction
+        groups: tuple[Group, ...]                 # what a sync can exchange; fixed at construction
         __init__(outer_cfg, inner_tx, island, num_islands, compressor)   # island: one island's IslandState (shapes)
         init(params) -> OuterState                # one island's copy of the outer state
+        plan(clock) -> Plan                       # the one schedule question: what this step does, what syncs after it
         grad_hook(grads) -> grads                 # (1) inside the inner step, on the gradients
-        step_events(done) -> frozenset[str]       # what inner step number `done` (1-based) does for the scheme
         in_step(island, outer, step, events) -> (island, outer)   # (2) inside the inner step, after the update
-        due(done, last) -> frozenset[str]         # groups that sync after inner step `done`
         sync(island, outer, step, groups, weight) -> (island, outer, metrics)   # (3) the sync program
-        ledger() -> {"step": {name: bytes}, "sync": {group: bytes}, "wire": {"step": ..., "sync": ...}}
+        ledger() -> {"step": {Event: bytes}, "sync": {Group: bytes}, "wire": {"step": ..., "sync": ...}}
         overlap_steps() -> float                  # inner steps of compute its communication hides behind
         global_params(state) -> params            # the model evaluation scores (leading R axis)
 
-A scheme may talk across islands in exactly those three places, always through jaximus.islands: in
-the gradient (sync DP's mean), inside the compiled inner step on its own state (a collective issued
-at step t and consumed at t + tau lets XLA overlap it with that step's compute), and in a sync
-program that the loop runs when `due` says so. Inner steps come in variants named by their event set
-(say {"issue:fragment1"}): each distinct set compiles its own program, so a step carries exactly the
-collectives of its events, and `ledger()["step"]` gives the bytes of each event that sends: the payload an
-island hands to the collectives, and under "wire" what it puts on the link for the pattern compiled (a
-ring all-reduce sends 2 (R - 1) / R x its payload, an all-gather (R - 1) x). A scheme that exchanges
-pseudo-gradients means them through its `compressor` (jaximus.compress), never island_mean. Every function runs per
-island (no leading R axis) inside a shard_map manual over `replica`. Whatever a scheme keeps lives in
-its OuterState (global params, outer optimizer state, buffers), so it is sharded, donated and
-checkpointed with the weights. `due(done, last=True)` is asked after the last step: a run ends with a
-sync of whatever is pending, so its final evaluation reflects all of its compute.
+The schedule is data (jaximus/plan.py): before each inner step the loop hands the scheme a
+Clock (the step about to run, the last step, which islands a sync would hear from) and the scheme
+answers with a Plan, built by `clock.plan(events, groups)`: the Events its inner step does (say
+{Event("issue", 1)}) and the Groups a sync after it exchanges. Nothing else in the library decides
+when a scheme talks; the ledger prices the same values, inspect compiles them, and the checkpoint
+needs none of it (a plan is a function of the step). After the last step (`clock.last`) a scheme syncs
+whatever is pending, so the run's final evaluation reflects all of its compute.
+
+A scheme may talk across islands in exactly three places, always through jaximus.islands: in the
+gradient (sync DP's mean), inside the compiled inner step on its own state (a collective issued at
+step t and consumed at t + tau lets XLA overlap it with that step's compute), and in a sync program
+that the loop runs when the plan has groups. Each distinct event set compiles its own inner step, so a
+step carries exactly the collectives of its events, and `ledger()["step"]` gives the bytes of each
+event that sends: the payload an island hands to the collectives, and under "wire" what it puts on the
+link for the pattern compiled (a ring all-reduce sends 2 (R - 1) / R x its payload, an all-gather
+(R - 1) x). A scheme that exchanges pseudo-gradients means them through its `compressor`
+(jaximus.compress), never island_mean. Every function but `plan` runs per island (no leading R axis)
+inside a shard_map manual over `replica`. Whatever a scheme keeps lives in its OuterState (global
+params, outer optimizer state, buffers), so it is sharded, donated and checkpointed with the weights.
 """
 import jax
 import jax.numpy as jnp
@@ -40,9 +45,11 @@ import optax
 from jaximus import UserError
 from jaximus.compress import Compressor
 from jaximus.islands import island_mean, tree_bytes
+from jaximus.plan import Clock, Group, Plan
 from jaximus.state import IslandState, OuterState
 from outer_optimizers.registry import SCHEMES, declared_keys, owners
 
+PARAMS, MU, NU = Group("params"), Group("mu"), Group("nu")
 FIRST_MOMENT_NAMES = ("mu", "momentum", "trace")  # ScaleByAdamState.mu, MuonState.momentum, TraceState.trace
 SECOND_MOMENT_NAMES = ("nu",)
 
@@ -111,7 +118,7 @@ class Scheme:
     """Defaults: no outer optimizer, nothing in the inner step, no syncs; subclasses override what they do."""
 
     name = "base"
-    groups: tuple[str, ...] = ()  # what a sync can exchange: params, mu (first moments), nu (second moments)
+    groups: tuple[Group, ...] = ()  # what a sync can exchange: params, mu (first moments), nu (second moments)
     keys: dict = {}  # config keys this scheme reads beyond the shared ones: {"outer.x": registry.Key}
     compressible = False  # feeds a mean pseudo-gradient to an outer optimizer, so outer.compress.* applies
 
@@ -142,14 +149,11 @@ class Scheme:
     def grad_hook(self, grads):
         return grads
 
-    def step_events(self, done: int) -> frozenset[str]:
-        return frozenset()
+    def plan(self, clock: Clock) -> Plan:
+        return clock.plan()
 
     def in_step(self, island: IslandState, outer: OuterState, step, events: frozenset[str]):
         return island, outer
-
-    def due(self, done: int, last: bool = False) -> frozenset[str]:
-        return frozenset()
 
     def sync(self, island: IslandState, outer: OuterState, step, groups: frozenset[str], weight):
         raise NotImplementedError
@@ -157,8 +161,8 @@ class Scheme:
     def ledger(self) -> dict:
         """Bytes one island sends: by inner-step event, and per sync by group, as payload and wire bytes.
         Parameters go through the compressor; moment buffers are float32 all-reduces."""
-        costs = {"params": self.compressor.cost(self.island.params, self.num_islands),
-                 **{role: self.all_reduce(n) for role, n in moment_bytes(self.island.opt_state).items()}}
+        costs = {PARAMS: self.compressor.cost(self.island.params, self.num_islands),
+                 **{Group(role): self.all_reduce(n) for role, n in moment_bytes(self.island.opt_state).items()}}
         return make_ledger({}, {g: costs[g] for g in self.groups})
 
     def all_reduce(self, payload: int) -> tuple[int, float]:
@@ -184,22 +188,22 @@ class PeriodicScheme(Scheme):
         super().__init__(outer_cfg, inner_tx, island, num_islands, compressor)
         self.every = check_period("sync_every", outer_cfg.sync_every)
 
-    def due(self, done, last=False):
-        return frozenset(self.groups) if done % self.every == 0 or last else frozenset()
+    def plan(self, clock):
+        return clock.plan(groups=self.groups if clock.step % self.every == 0 or clock.last else ())
 
 
-def moment_groups(name: str, opt_state) -> tuple[str, ...]:
+def moment_groups(name: str, opt_state) -> tuple[Group, ...]:
     """The moment roles this inner optimizer keeps; none is a start-up error for moment-syncing schemes."""
     leaves = jax.tree_util.tree_flatten_with_path(opt_state)[0]
     present = sorted({r for r in (moment_role(p) for p, _ in leaves) if r})
     if not present:
         raise UserError(f"outer.name={name}: syncs optimizer moment buffers but the inner optimizer keeps "
                         "none (plain SGD?); use an Adam- or momentum-based inner optimizer, or outer.name=diloco")
-    return tuple(present)
+    return tuple(Group(role) for role in present)
 
 
 def make_ledger(step: dict, sync: dict) -> dict:
-    """The ledger() layout from {event or group: (payload, wire)}."""
+    """The ledger() layout from {Event or Group: (payload, wire)}."""
     return {"step": {k: p for k, (p, _) in step.items()}, "sync": {k: p for k, (p, _) in sync.items()},
             "wire": {"step": {k: w for k, (_, w) in step.items()}, "sync": {k: w for k, (_, w) in sync.items()}}}
 
@@ -208,12 +212,12 @@ def average_groups(island: IslandState, outer: OuterState, groups: frozenset[str
     """Replace params and/or moment buffers by their mean over islands (Local SGD, Local Adam, DES-LOC)."""
     metrics = {}
     params, opt_state = island.params, island.opt_state
-    if "params" in groups:
+    if PARAMS in groups:
         metrics["drift"] = tree_norm(jax.tree.map(jnp.subtract, outer.params, params))
         params = island_mean(params, weight)
         metrics["pseudo_grad_norm"] = tree_norm(jax.tree.map(jnp.subtract, outer.params, params))
         outer = OuterState(params, outer.opt_state, outer.buffers)
     for role in ("mu", "nu"):
-        if role in groups:
+        if Group(role) in groups:
             opt_state = map_role(lambda x: island_mean(x, weight), opt_state, role)
     return IslandState(params, opt_state), outer, metrics

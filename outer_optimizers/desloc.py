@@ -8,7 +8,7 @@ A run's last step syncs the parameters if they are not due anyway; moments keep 
 from jaximus import UserError
 from jaximus.schema import flag, integer
 from jaximus.state import IslandState, OuterState
-from outer_optimizers.base import Scheme, average_groups, check_period, moment_groups
+from outer_optimizers.base import MU, NU, PARAMS, Scheme, average_groups, check_period, moment_groups
 from outer_optimizers.diloco import OUTER_OPTIMIZER_KEYS, make_outer_optimizer, outer_step, with_error
 from outer_optimizers.registry import Key, register
 
@@ -34,15 +34,15 @@ class DesLoc(Scheme):
 
     def __init__(self, outer_cfg, inner_tx, island, num_islands, compressor):
         super().__init__(outer_cfg, inner_tx, island, num_islands, compressor)
-        self.periods = {"params": check_period("sync_every", outer_cfg.sync_every),
-                        "mu": check_period("first_moment_every", outer_cfg.first_moment_every),
-                        "nu": check_period("second_moment_every", outer_cfg.second_moment_every)}
-        self.groups = ("params", *moment_groups(self.name, island.opt_state))
+        self.periods = {PARAMS: check_period("sync_every", outer_cfg.sync_every),
+                        MU: check_period("first_moment_every", outer_cfg.first_moment_every),
+                        NU: check_period("second_moment_every", outer_cfg.second_moment_every)}
+        self.groups = (PARAMS, *moment_groups(self.name, island.opt_state))
         self.outer_tx = make_outer_optimizer(outer_cfg) if outer_cfg.desloc_outer_opt else None
 
-    def due(self, done, last=False):
-        regular = frozenset(g for g in self.groups if done % self.periods[g] == 0)
-        return regular | {"params"} if last else regular
+    def plan(self, clock):
+        due = {g for g in self.groups if clock.step % self.periods[g] == 0}
+        return clock.plan(groups=due | {PARAMS} if clock.last else due)
 
     def init(self, params):
         if self.outer_tx is None:
@@ -50,9 +50,9 @@ class DesLoc(Scheme):
         return with_error(self.compressor, params, OuterState(params, self.outer_tx.init(params), {}))
 
     def sync(self, island, outer, step, groups, weight):
-        if self.outer_tx is None or "params" not in groups:
+        if self.outer_tx is None or PARAMS not in groups:
             return average_groups(island, outer, groups, weight)
-        island, outer, _ = average_groups(island, outer, groups - {"params"}, weight)
+        island, outer, _ = average_groups(island, outer, groups - {PARAMS}, weight)
         params, outer, metrics = outer_step(self.outer_tx, self.compressor, island.params, outer, step, weight)
         return IslandState(params, island.opt_state), outer, metrics
 

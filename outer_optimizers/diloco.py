@@ -11,7 +11,7 @@ import optax
 from jaximus import UserError
 from jaximus.schema import Spec, flag, number, text
 from jaximus.state import IslandState, OuterState
-from outer_optimizers.base import PeriodicScheme, refuse_dropout_in_step, tree_norm
+from outer_optimizers.base import PARAMS, PeriodicScheme, refuse_dropout_in_step, tree_norm
 from outer_optimizers.registry import Key, register
 
 OUTER_OPTIMIZER_KEYS = {  # every scheme that applies an outer optimizer to a mean pseudo-gradient (2311.08105)
@@ -61,7 +61,7 @@ def outer_step(outer_tx, compressor, island_params, outer: OuterState, step, wei
 @register
 class DiLoCo(PeriodicScheme):
     name = "diloco"
-    groups = ("params",)
+    groups = (PARAMS,)
     keys = {**OUTER_OPTIMIZER_KEYS, **EAGER_KEY}
     compressible = True
 

@@ -5,14 +5,14 @@ moments after each round (Photon's client switch), never its schedules.
 """
 from jaximus.schema import flag
 from jaximus.state import IslandState
-from outer_optimizers.base import PeriodicScheme, average_groups, reset_moments
+from outer_optimizers.base import PARAMS, PeriodicScheme, average_groups, reset_moments
 from outer_optimizers.registry import Key, register
 
 
 @register
 class LocalSGD(PeriodicScheme):
     name = "local_sgd"
-    groups = ("params",)
+    groups = (PARAMS,)
     keys = {"outer.reset_inner_opt": Key(False, flag(), "reset the inner optimizer's moments after each round "
                                                          "(Photon's client switch)")}
 

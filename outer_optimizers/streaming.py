@@ -14,6 +14,7 @@ import numpy as np
 import optax
 
 from jaximus import UserError
+from jaximus.plan import Event, Group
 from jaximus.schema import integer, number, text
 from jaximus.state import IslandState, OuterState
 from outer_optimizers.base import PeriodicScheme, make_ledger, refuse_dropout_in_step, tree_norm
@@ -94,7 +95,7 @@ class StreamingDiLoCo(PeriodicScheme):
         if empty:
             raise UserError(f"outer.fragments={P}: fragment {empty[0]} holds no parameters (the model has "
                             f"{len(self.owner[0]) if np.ndim(self.owner[0]) else 1} layers); use fewer fragments")
-        self.groups = tuple(f"fragment{p}" for p in range(P))
+        self.groups = tuple(Group("fragment", p) for p in range(P))
         self.outer_tx = make_outer_optimizer(outer_cfg)
 
     def settings(self, outer_cfg) -> tuple[int, int]:
@@ -136,30 +137,31 @@ class StreamingDiLoCo(PeriodicScheme):
         offset = p * self.every // self.P or self.every
         return None if done < offset else offset + (done - offset) // self.every * self.every
 
-    def due(self, done, last=False):
+    def plan(self, clock):
+        return clock.plan(events=self.events_at(clock.step), groups=self.groups_at(clock.step, clock.last))
+
+    def groups_at(self, done: int, last: bool) -> set[Group]:
         """tau = 0: the fragment taken now syncs at once. After the last step every payload still in flight
         lands (issued first if it was not yet), then every fragment not taken at this step syncs its remaining
         local progress: each inner step reaches the evaluated model exactly once."""
         taken = self.fragment_due(done)
-        regular = frozenset({f"fragment{taken}"}) if self.tau == 0 and taken is not None else frozenset()
+        groups = {Group("fragment", taken)} if self.tau == 0 and taken is not None else set()
         if not last:
-            return regular
-        groups = set(regular)
+            return groups
         for p in range(self.P):
             t = self._last_take(p, done)
             if self.tau and t is not None and (self.whole_round or done < t + self.tau):
-                groups.add(f"flush{p}" if t == done else f"land{p}")  # flush: not issued yet
+                groups.add(Group("flush" if t == done else "land", p))  # flush: not issued yet
             if t != done:
-                groups.add(f"fragment{p}")
-        return frozenset(groups)
+                groups.add(Group("fragment", p))
+        return groups
 
-    def step_events(self, done):
+    def events_at(self, done: int) -> set[Event]:
         if self.tau == 0:
-            return frozenset()
+            return set()
         taken, issued = self.fragment_due(done), self.fragment_due(done - 1)
         applied = taken if self.whole_round else self.fragment_due(done - self.tau)
-        return frozenset([f"take:{taken}"] * (taken is not None) + [f"issue:{issued}"] * (issued is not None)
-                         + [f"apply:{applied}"] * (applied is not None))
+        return {Event(kind, p) for kind, p in (("take", taken), ("issue", issued), ("apply", applied)) if p is not None}
 
     # --- state and the three places -----------------------------------------------------------------------
     def init(self, params):
@@ -199,12 +201,12 @@ class StreamingDiLoCo(PeriodicScheme):
         rule), or with eager updates that mean with this island's stale share swapped for its fresh one:
         mean^(t-1) + (delta_m^(t) - delta_m^(t-1)) / M (2502.12996)."""
         for p in range(self.P):
-            if f"issue:{p}" in events:
+            if Event("issue", p) in events:
                 mean, outer = self._mean(outer, p, outer.buffers["payload"][p], step)
                 outer = self._buffer(outer, "payload", p, mean)
-        fresh = {p: self._delta(island, outer, p) for p in range(self.P) if f"take:{p}" in events}
+        fresh = {p: self._delta(island, outer, p) for p in range(self.P) if Event("take", p) in events}
         for p in range(self.P):
-            if f"apply:{p}" in events:
+            if Event("apply", p) in events:
                 mean = outer.buffers["payload"][p]
                 if self.eager:
                     stale = outer.buffers["previous"][p]
@@ -217,11 +219,11 @@ class StreamingDiLoCo(PeriodicScheme):
         return island, outer
 
     def sync(self, island, outer, step, groups, weight):
-        fresh = {p: self._delta(island, outer, p) for p in range(self.P) if f"fragment{p}" in groups}
+        fresh = {p: self._delta(island, outer, p) for p in range(self.P) if Group("fragment", p) in groups}
         for p in range(self.P):
-            if f"flush{p}" in groups or f"land{p}" in groups:
+            if Group("flush", p) in groups or Group("land", p) in groups:
                 mean = outer.buffers["payload"][p]
-                if f"flush{p}" in groups:
+                if Group("flush", p) in groups:
                     mean, outer = self._mean(outer, p, mean, step)
                 if self.eager:  # this island's own share of it was applied eagerly, at its take (landed or not)
                     mean = jax.tree.map(lambda m, own: m - own / self.num_islands, mean, outer.buffers["previous"][p])
@@ -235,9 +237,10 @@ class StreamingDiLoCo(PeriodicScheme):
     def ledger(self):
         costs = [self.compressor.cost(jax.eval_shape(lambda x: self.take(x, p), self.island.params), self.num_islands)
                  for p in range(self.P)]
-        return make_ledger({f"issue:{p}": c for p, c in enumerate(costs)},
-                           {**{f"fragment{p}": c for p, c in enumerate(costs)},
-                            **{f"flush{p}": c for p, c in enumerate(costs)}, **{f"land{p}": (0, 0.0) for p in range(self.P)}})
+        return make_ledger({Event("issue", p): c for p, c in enumerate(costs)},
+                           {**{Group("fragment", p): c for p, c in enumerate(costs)},
+                            **{Group("flush", p): c for p, c in enumerate(costs)},
+                            **{Group("land", p): (0, 0.0) for p in range(self.P)}})
 
     def overlap_steps(self):
         return float(self.tau)  # a fragment's mean has tau steps of compute to arrive in

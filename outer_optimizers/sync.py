@@ -1,8 +1,11 @@
 """Synchronous data-parallel (HSDP), the control: gradients averaged across islands every step."""
 from jaximus import UserError
 from jaximus.islands import island_mean, tree_bytes
+from jaximus.plan import Event
 from outer_optimizers.base import Scheme, make_ledger
 from outer_optimizers.registry import register
+
+GRADS = {Event("grads")}  # every inner step means the gradients across islands
 
 
 @register
@@ -21,12 +24,12 @@ class SyncDP(Scheme):
     def grad_hook(self, grads):
         return island_mean(grads)
 
-    def step_events(self, done):
-        return frozenset({"grads"})
+    def plan(self, clock):
+        return clock.plan(events=GRADS)
 
     def ledger(self):
         # gradients have the parameters' shapes and dtypes
-        return make_ledger({"grads": self.all_reduce(tree_bytes(self.island.params))}, {})
+        return make_ledger({Event("grads"): self.all_reduce(tree_bytes(self.island.params))}, {})
 
     def overlap_steps(self):
         return 2 / 3  # the gradient all-reduce hides behind the backward pass: 2 of a step's 3 passes (2001.08361)

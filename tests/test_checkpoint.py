@@ -11,6 +11,8 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import DILOCO, REGISTERED, ROOT, TINY, config_for
 
+from jaximus.build import load_config
+from jaximus.inspect import timeline
 from train import main
 
 RUN = [*TINY, "max_steps=12", "eval.every=6", "outer.sync_every=3", "outer.first_moment_every=3",
@@ -45,13 +47,20 @@ TOPK_EF = ("outer.compress.format='topk'", "outer.compress.error_feedback=True",
            "outer.compress.k=16", "outer.compress.stochastic=True")
 
 
+SPEEDS = ("islands.step_s=(1.0, 1.5, 2.0, 4.0)", "islands.jitter=0.3", "islands.straggler_prob=0.2")
+
+
 @pytest.mark.parametrize("scheme,mid_save,extra", [*((s, s == "diloco", ()) for s in REGISTERED),
                                                    ("diloco", False, TOPK_EF)])
 def test_sigkill_then_resume_is_exact(tmp_path, capsys, scheme, mid_save, extra):
+    """A run under a speed model with jitter and stragglers, killed and resumed, trains bitwise like one in
+    lockstep at equal speeds (the clock never reaches the math) and ends at the simulated time of the
+    dry run's schedule (the clock resumes exactly)."""
     # streaming: H = 4, P = 2, tau = 1, so the checkpoint after step 6 holds fragment 1 taken but not yet issued
     outer = (f"outer.name='{scheme}'", *(["outer.sync_every=4"] if scheme == "streaming_diloco" else []), *extra)
     config = config_for(scheme)  # a fresh process knows a plug-in scheme through its own experiment
     assert main(["--config", config, *RUN, *outer, f"run.out_dir='{tmp_path}'", "run.name='whole'"]) == 0
+    outer = (*outer, *SPEEDS)
     proc = start(tmp_path, "killed", *outer, "checkpoint.every=1", config=config)
     ckpts = tmp_path / "killed" / "checkpoints"
     if mid_save:  # kill while an asynchronous save is being written
@@ -67,6 +76,10 @@ def test_sigkill_then_resume_is_exact(tmp_path, capsys, scheme, mid_save, extra)
     assert logged(tmp_path / "whole") == logged(tmp_path / "killed")  # no duplicate or missing step, same losses
     for a, b in zip(final_state(tmp_path / "whole"), final_state(tmp_path / "killed"), strict=True):
         np.testing.assert_array_equal(a, b)  # bitwise
+    cfg, exp = load_config(config, [*RUN, *outer, f"run.out_dir='{tmp_path}'", "run.name='killed'"])
+    simulated = timeline(cfg, exp)[1]
+    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert {k: summary[k] for k in simulated} == simulated and simulated["time/sim_s"] > 12
     if extra:  # the error-feedback buffers are part of the state, and hold something
         state = ocp.StandardCheckpointer().restore(tmp_path / "killed" / "checkpoints" / "12" / "state")
         assert any(np.any(e) for e in jax.tree.leaves(state["outer"]["buffers"]["error"]))

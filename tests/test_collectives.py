@@ -8,6 +8,7 @@ from jaximus.hlo import collectives, crosses_islands
 from jaximus.inspect import inspect_scheme, main
 from jaximus.islands import island_mean, tree_bytes
 from jaximus.mesh import make_mesh
+from jaximus.plan import Event
 from jaximus.state import OuterState
 from outer_optimizers import SCHEMES, Scheme
 from outer_optimizers.base import make_ledger
@@ -53,6 +54,9 @@ def test_inspect_command_prints_every_scheme(capsys):
     assert "sync " in out and "diloco " in out and "FLOPs/token" in out
 
 
+IN_FLIGHT = Event("in_flight")
+
+
 class InStepEcho(Scheme):
     """A protocol probe: each inner step issues the island mean of lm_head and consumes last step's (tau = 1)."""
     name = "in_step_echo"
@@ -60,15 +64,15 @@ class InStepEcho(Scheme):
     def init(self, params):
         return OuterState(params, (), {"in_flight": params["lm_head"]})
 
-    def step_events(self, done):
-        return frozenset({"in_flight"})
+    def plan(self, clock):
+        return clock.plan(events={IN_FLIGHT})
 
     def in_step(self, island, outer, step, events):
         arrived, issued = outer.buffers["in_flight"], island_mean(island.params["lm_head"])
         return island, OuterState({**outer.params, "lm_head": arrived}, outer.opt_state, {"in_flight": issued})
 
     def ledger(self):
-        return make_ledger({"in_flight": self.all_reduce(tree_bytes(self.island.params["lm_head"]))}, {})
+        return make_ledger({IN_FLIGHT: self.all_reduce(tree_bytes(self.island.params["lm_head"]))}, {})
 
 
 def test_a_scheme_can_talk_inside_the_inner_step(nanochat, tiny_cfg, tmp_path, monkeypatch):

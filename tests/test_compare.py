@@ -14,7 +14,7 @@ ONE_SECOND_GBPS = 8 * 100 * MiB / 1e9
 
 
 def write_run(path, scheme, final_bpb, every=1, steps=4, tokens_per_step=1000, finished=True, partial_line=False,
-              seq_len=256, overlap_steps=None, wire=None):
+              seq_len=256, overlap_steps=None, wire=None, sim_step_s=None):
     """A run directory as train.py writes it: per-step rows with the cumulative ledger, then evals."""
     path.mkdir(parents=True)
     per_step = scheme == "sync"
@@ -27,7 +27,8 @@ def write_run(path, scheme, final_bpb, every=1, steps=4, tokens_per_step=1000, f
     if overlap_steps is not None:  # as the scheme records it; older runs have none
         config["resolved"]["overlap_steps"] = overlap_steps
     (path / "config.json").write_text(json.dumps(config))
-    lines, syncs = [{"step": 0, "tokens": 0, "val/loss": 1.0, "val/bpb": final_bpb + steps * 0.1}], 0
+    simulated = {} if sim_step_s is None else {"time/sim_s": 0.0}  # runs from before the simulated clock: none
+    lines, syncs = [{"step": 0, "tokens": 0, "val/loss": 1.0, "val/bpb": final_bpb + steps * 0.1, **simulated}], 0
     for step in range(1, steps + 1):
         syncs += 1 if per_step or step % every == 0 else 0
         lines.append({"step": step, "tokens": step * tokens_per_step, "train/loss": 3.0,
@@ -36,7 +37,8 @@ def write_run(path, scheme, final_bpb, every=1, steps=4, tokens_per_step=1000, f
                       **({"comm/wire_bytes": syncs * wire} if wire is not None else {})})
         if step % 2 == 0:
             lines.append({"step": step, "tokens": step * tokens_per_step, "val/loss": 1.0,
-                          "val/bpb": final_bpb + (steps - step) * 0.1})
+                          "val/bpb": final_bpb + (steps - step) * 0.1,
+                          **({} if sim_step_s is None else {"time/sim_s": step * sim_step_s})})
     text = "".join(json.dumps(line) + "\n" for line in lines)
     (path / "metrics.jsonl").write_text(text + ('{"step": 5, "tok' if partial_line else ""))
     if finished:
@@ -86,6 +88,11 @@ def test_table_numbers_from_hand_made_runs(tmp_path, capsys):
     assert rows["streaming"]["CU, overlapped"] == "100.0%"
     for name in ("bpb_vs_tokens", "bpb_vs_bytes", "bpb_vs_wallclock", "utilization_vs_bandwidth"):
         assert (tmp_path / "report" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "report" / "bpb_vs_simulated_time.png").exists()  # no run had a simulated clock
+    write_run(tmp_path / "sim" / "fast", "diloco", 2.1, every=2, sim_step_s=1.0)
+    write_run(tmp_path / "sim" / "straggling", "diloco", 2.1, every=2, sim_step_s=4.0)
+    assert compare(capsys, tmp_path / "sim", "--out", tmp_path / "sim_report", "--step-time", "1")[0] == 0
+    assert (tmp_path / "sim_report" / "bpb_vs_simulated_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_wire_bytes_drive_the_reduction_and_the_projection(tmp_path, capsys):

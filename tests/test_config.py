@@ -2,18 +2,16 @@
 import pytest
 from conftest import NANOCHAT, ROOT, TINY
 
-from jaximus.build import load_config
+from jaximus.build import full_schema, load_config
 from jaximus.config import load_experiment
-from jaximus.schema import SCHEMA, flatten
-from outer_optimizers import outer_schema
+from jaximus.schema import flatten
 from train import main
 
 DILOCO = str(ROOT / "experiments" / "diloco_nanochat" / "config.py")
 
 
 def schema_of(config_path):
-    exp = load_experiment(config_path)
-    return {**SCHEMA, **outer_schema(), **exp["config"].config_schema()}
+    return full_schema(load_experiment(config_path))
 
 
 def wrong_value(spec) -> str:

@@ -21,4 +21,4 @@ def test_only_the_build_step_reaches_the_schemes():
 
 def test_schemes_use_only_the_shared_primitives_of_jaximus():
     used = {m for p in (ROOT / "outer_optimizers").glob("*.py") for m in imported_modules(p) if m.startswith("jaximus")}
-    assert used <= {"jaximus", "jaximus.islands", "jaximus.state", "jaximus.schema", "jaximus.compress"}, used
+    assert used <= {"jaximus", "jaximus.islands", "jaximus.plan", "jaximus.state", "jaximus.schema", "jaximus.compress"}, used

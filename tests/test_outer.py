@@ -9,10 +9,12 @@ import pytest
 
 from jaximus import UserError
 from jaximus.build import build, load_config
-from jaximus.islands import present_weights
+from jaximus.clock import present_islands
 from jaximus.loop import advance
+from jaximus.plan import Clock
 from jaximus.state import IslandState
 from outer_optimizers import make_scheme
+from outer_optimizers.base import MU, NU, PARAMS
 
 
 def drive(nanochat, cfg, steps, tx=None):
@@ -110,7 +112,7 @@ def test_nesterov_sync_matches_the_pytorch_rule(nanochat, tiny_cfg, tmp_path):
             params = {**state.islands.params, "lm_head": jax.device_put(
                 islands.astype(np.float32), state.islands.params["lm_head"].sharding)}
             state = state.replace(islands=IslandState(params, state.islands.opt_state))
-            state, _ = run.sync(state, frozenset({"params"}), np.full(4, 0.25))
+            state, _ = run.sync(state, frozenset({PARAMS}), np.full(4, 0.25))
             g = np.mean(theta[None] - islands.astype(np.float32).astype(np.float64), axis=0)
             buf = 0.9 * buf + g
             theta = theta - 0.7 * (g + 0.9 * buf)
@@ -122,16 +124,21 @@ def test_nesterov_sync_matches_the_pytorch_rule(nanochat, tiny_cfg, tmp_path):
 def test_sync_schedules(tiny_cfg):
     tx = optax.adamw(1e-3)
     island = IslandState({"w": jnp.zeros(3)}, tx.init({"w": jnp.zeros(3)}))
+    def due(scheme, step, last_step=100):
+        return scheme.plan(Clock.everyone(step, last_step, 4)).groups
+
     diloco = make_scheme(tiny_cfg("outer.name='diloco'", "outer.sync_every=3"), tx, island, 4)
-    assert [s for s in range(1, 13) if diloco.due(s)] == [3, 6, 9, 12]
-    assert diloco.due(13, last=True) == {"params"}  # a run ends with a sync of what is pending
+    assert [s for s in range(1, 13) if due(diloco, s)] == [3, 6, 9, 12]
+    assert due(diloco, 13, last_step=13) == {PARAMS}  # a run ends with a sync of what is pending
     desloc = make_scheme(tiny_cfg("outer.name='desloc'", "outer.sync_every=2"), tx, island, 4)
-    due = {s: sorted(desloc.due(s)) for s in range(1, 25) if desloc.due(s)}
-    assert [s for s, g in due.items() if "params" in g] == list(range(2, 25, 2))  # K_x = 2
-    assert [s for s, g in due.items() if "mu" in g] == [6, 12, 18, 24]  # K_u = 3 K_x
-    assert [s for s, g in due.items() if "nu" in g] == [12, 24]  # K_v = 6 K_x
-    assert desloc.due(7, last=True) == {"params"}
-    assert not make_scheme(tiny_cfg("outer.name='sync'"), tx, island, 4).due(5, last=True)
+    synced = {s: due(desloc, s) for s in range(1, 25) if due(desloc, s)}
+    assert [s for s, g in synced.items() if PARAMS in g] == list(range(2, 25, 2))  # K_x = 2
+    assert [s for s, g in synced.items() if MU in g] == [6, 12, 18, 24]  # K_u = 3 K_x
+    assert [s for s, g in synced.items() if NU in g] == [12, 24]  # K_v = 6 K_x
+    assert due(desloc, 7, last_step=7) == {PARAMS}
+    assert not due(make_scheme(tiny_cfg("outer.name='sync'"), tx, island, 4), 5, last_step=5)
+    dropped = Clock(3, 100, (True, False, True, False)).plan(groups={PARAMS})
+    assert dropped.weights == (0.5, 0.0, 0.5, 0.0) and Clock(3, 100, (False,) * 4).plan(groups={PARAMS}).skipped
 
 
 def test_islands_start_identical(nanochat, tiny_cfg):
@@ -190,8 +197,8 @@ def test_reset_restarts_moments_but_not_schedules(nanochat, tiny_cfg, tmp_path):
 
 
 def test_dropout_mean_uses_only_present_islands(nanochat, tiny_cfg, tmp_path):
-    seed = next(s for s in range(100) if (w := present_weights(s, 2, 4, 0.3)) is not None and (w > 0).sum() == 3)
-    present = present_weights(seed, 2, 4, 0.3) > 0
+    seed = next(s for s in range(100) if sum(present_islands(s, 2, 4, 0.3)) == 3)
+    present = np.array(present_islands(seed, 2, 4, 0.3))
     common = [f"seed={seed}", "outer.name='local_sgd'", "max_steps=3"]
     dropped, _ = drive(nanochat, config(tmp_path, tiny_cfg, *common, "outer.sync_every=2",
                                         "faults.island_dropout=0.3", "run.name='a'"), 2)
@@ -201,14 +208,13 @@ def test_dropout_mean_uses_only_present_islands(nanochat, tiny_cfg, tmp_path):
         np.testing.assert_allclose(dropped.islands.params["lm_head"][r], expected, rtol=1e-5, atol=1e-7)
 
 
-def test_present_weights_seeded():
-    np.testing.assert_array_equal(present_weights(0, 5, 4, 0.0), np.full(4, 0.25))
-    draws = [present_weights(7, s, 4, 0.5) for s in range(1, 200)]
-    assert [None if d is None else d.tolist() for d in draws] == \
-        [None if d is None else d.tolist() for d in (present_weights(7, s, 4, 0.5) for s in range(1, 200))]
-    present = [int((d > 0).sum()) for d in draws if d is not None]
-    assert 1.5 < np.mean(present) < 2.5 and any(d is None for d in draws)  # about half; sometimes nobody
-    assert all(abs(d.sum() - 1) < 1e-12 for d in draws if d is not None)
+def test_present_islands_seeded():
+    assert present_islands(0, 5, 4, 0.0) == (True,) * 4
+    draws = [present_islands(7, s, 4, 0.5) for s in range(1, 200)]
+    assert draws == [present_islands(7, s, 4, 0.5) for s in range(1, 200)]  # a resumed run drops the same ones
+    assert 1.5 < np.mean([sum(d) for d in draws]) < 2.5 and any(not any(d) for d in draws)  # about half; sometimes nobody
+    plans = [Clock(s, 200, d).plan(groups={PARAMS}) for s, d in enumerate(draws, 1)]
+    assert all(abs(sum(p.weights) - 1) < 1e-12 for p in plans if not p.skipped)  # a mean over those present
 
 
 def test_a_plug_in_scheme_clips_the_outer_step_as_its_rule_says(nanochat, tiny_cfg, tmp_path):

@@ -9,6 +9,7 @@ import os
 import sws
 
 from jaximus import UserError
+from jaximus.clock import add_islands_config
 from jaximus.distributed import add_distributed_config
 from jaximus.guard import add_guard_config
 from jaximus.pretrained import add_checkpoint_defaults
@@ -92,6 +93,7 @@ def add_run_config(c) -> sws.Config:
     c.checkpoint.keep = 2
     c.log.every = 1
     add_guard_config(c)  # stop a run whose loss stays above its start (jaximus/guard.py)
+    add_islands_config(c)  # the islands' simulated speeds and link (jaximus/clock.py)
     c.wandb.mode = "auto"  # online | offline | disabled; auto = online only with an API key
     c.wandb.project = "jaximus"
     return c

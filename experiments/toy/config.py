@@ -7,6 +7,7 @@ import os
 
 import sws
 
+from jaximus.clock import add_islands_config
 from jaximus.distributed import add_distributed_config
 from jaximus.guard import add_guard_config
 from jaximus.schema import integer, number, text
@@ -46,6 +47,7 @@ def get_config() -> sws.Config:
     c.checkpoint.keep = 2
     c.log.every = 1
     add_guard_config(c)
+    add_islands_config(c)
     c.wandb.mode = "disabled"
     c.wandb.project = "jaximus"
     return c
