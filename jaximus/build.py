@@ -241,8 +241,8 @@ def _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, part
         state, progress = with_pretrained(cfg, exp["model"], allocate(), parts["shardings"]), Progress()
     islands = local_islands(mesh)
     if isinstance(data, Objective):
-        evaluate, positions = make_objective_eval(data), [[progress.step]] if progress.positions else None
-        loader = ObjectiveLoader(data, islands, positions)
+        positions = [progress.positions[r] for r in islands] if progress.positions else None
+        evaluate, loader = make_objective_eval(data), ObjectiveLoader(data, islands, positions)
         val_batches = replicated_input(validation_batches(data, R), jax.NamedSharding(mesh, jax.P("replica")))
     else:
         evaluate = partial(evaluate_rows, make_eval_step(nats_fn, tokenizer.token_bytes, mesh))

@@ -1,8 +1,10 @@
 """The clock a scheme plans from: who takes part in each step and sync, and a simulated wall-clock.
 
-Participation is lockstep: every island takes every step; with island dropout
-(faults.island_dropout, torchft-style quorum) each island misses a sync with that probability, drawn
-from (seed, step), so a resumed run drops the same islands.
+Participation is lockstep: every island takes every step. With islands.local_steps (torchft's
+per-replica sync_every for slow replicas, #233) island r takes only the first local_steps[r] steps of
+each outer.sync_every-step round and idles until the sync. With island dropout (faults.island_dropout,
+torchft-style quorum) each island misses a sync with that probability, drawn from (seed, step), so a
+resumed run drops the same islands.
 
 Simulated time (islands.*): island r's inner step takes islands.step_s[r] seconds, times a seeded
 lognormal jitter, times islands.straggler_slowdown with probability islands.straggler_prob (or a
@@ -34,6 +36,8 @@ ISLANDS_SCHEMA = {
     "islands.straggler_slowdown": number(1, meaning="how many times longer a straggler's step takes"),
     "islands.step_times": text(optional=True, meaning="a .json file of measured seconds, [step][island], replayed "
                                "cyclically instead of the speed model"),
+    "islands.local_steps": Spec("numbers", optional=True, meaning="inner steps each island takes per outer.sync_every "
+                                "round, e.g. (10, 10, 5, 2): a slow island does fewer and idles until the sync"),
     "islands.gbps": number(0, meaning="simulated link between islands, Gbit/s per island each way"),
     "islands.latency_ms": number(0, meaning="simulated latency per message on that link"),
 }
@@ -45,6 +49,7 @@ def add_islands_config(c) -> None:
     c.islands.straggler_prob = 0.0
     c.islands.straggler_slowdown = 4.0  # an illustrative straggler; set it from your cluster's step times
     c.islands.step_times = None
+    c.islands.local_steps = None  # every island takes every step
     c.islands.gbps = 1.0  # analysis.compare's default link
     c.islands.latency_ms = 10.0
 
@@ -84,6 +89,11 @@ def check_islands(cfg) -> None:
         raise UserError(f"islands.gbps={s.gbps}: must be > 0 Gbit/s")
     if s.step_times:
         read_step_times(s.step_times, R)
+    if s.local_steps is not None:
+        H = cfg.outer.sync_every
+        if len(s.local_steps) != R or not all(isinstance(h, int) and 1 <= h <= H for h in s.local_steps):
+            raise UserError(f"islands.local_steps={tuple(s.local_steps)}: give {R} whole numbers of inner steps (one per "
+                            f"island: parallel.replica={R}), each from 1 to outer.sync_every={H}")
 
 
 class Speeds:
@@ -118,7 +128,7 @@ class IslandClock:
 
     def __init__(self, cfg, scheme_ledger: dict, overlap_steps: float, progress):
         self.R, self.seed, self.max_steps = cfg.parallel.replica, cfg.seed, cfg.max_steps
-        self.dropout = cfg.faults.island_dropout
+        self.dropout, self.every, self.local_steps = cfg.faults.island_dropout, cfg.outer.sync_every, cfg.islands.local_steps
         self.speeds, self.ledger, self.overlap = Speeds(cfg), scheme_ledger, overlap_steps
         self.gbps, self.latency_ns = cfg.islands.gbps, round(cfg.islands.latency_ms * 1e6)
         self.progress = progress
@@ -129,7 +139,9 @@ class IslandClock:
 
     def clock(self, step: int) -> Clock:
         """The clock before inner step `step` (1-based)."""
-        return Clock(step, self.max_steps, present_islands(self.seed, step, self.R, self.dropout))
+        within = (step - 1) % self.every  # steps of this round already taken
+        active = (True,) * self.R if self.local_steps is None else tuple(within < h for h in self.local_steps)
+        return Clock(step, self.max_steps, present_islands(self.seed, step, self.R, self.dropout), active)
 
     def link_ns(self, wire_bytes: float) -> int:
         """One collective: its wire bytes over the link, and a ring's 2 (R - 1) messages of latency."""
@@ -139,8 +151,8 @@ class IslandClock:
 
     def advance(self, plan: Plan) -> list[dict]:
         st, events = self.state, []
-        compute = [self.speeds.step_ns(r, plan.step) for r in range(self.R)]
-        for r in range(self.R):
+        compute = [self.speeds.step_ns(r, plan.step) if plan.active[r] else 0 for r in range(self.R)]
+        for r in (r for r in range(self.R) if plan.active[r]):  # an idle island computes nothing
             st["steps"][r] += 1
             events.append(self._event(r, "compute", st["ns"][r], st["ns"][r] + compute[r]))
             st["ns"][r] += compute[r]
@@ -174,6 +186,10 @@ class IslandClock:
     def _event(self, island: int, kind: str, start: int, end: int) -> dict:
         return {"island": island, "kind": kind, "step": self.state["steps"][island], "start_s": start / NS,
                 "end_s": end / NS, "version": self.state["version"], "staleness": 0}
+
+    def tokens(self, tokens_per_step: int) -> int:
+        """Tokens trained so far: each island's share of the global batch for every step it took."""
+        return sum(self.state["steps"]) * tokens_per_step // self.R
 
     def now_s(self) -> float:
         """The run's simulated wall-clock: the furthest island."""

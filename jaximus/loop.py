@@ -32,11 +32,12 @@ def advance(run, state, step: int):
     """
     done = step + 1
     plan = run.scheme.plan(run.clock.clock(done))
-    state, loss = run.step(state, run.batch(next(run.loader)), plan.events)
+    state, loss = run.step(state, run.batch(run.loader.take(plan.active)), plan.events, plan.active)
     if _serialize():
         jax.block_until_ready(state)
-    metrics = {"step": done, "tokens": done * run.perf["tokens_per_step"],
-               **{f"lr/{k}": float(f(step)) for k, f in run.schedules.items()}}
+    metrics = {"step": done, **{f"lr/{k}": float(f(step)) for k, f in run.schedules.items()}}
+    if not all(plan.active):  # islands.local_steps: a slow island idles for the end of the round
+        metrics["islands/active"] = "".join("1" if a else "0" for a in plan.active)
     if plan.skipped:  # nobody attends: the sync is skipped
         metrics.update({"outer/islands_present": 0, "outer/present": "0" * run.cfg.parallel.replica})
     elif plan.groups:
@@ -48,7 +49,7 @@ def advance(run, state, step: int):
                         "outer/present": "".join("1" if w > 0 else "0" for w in plan.weights)})
     run.ledger.record(plan)
     run.clock.advance(plan)
-    metrics["time/sim_s"] = run.clock.now_s()
+    metrics.update({"tokens": run.clock.tokens(run.perf["tokens_per_step"]), "time/sim_s": run.clock.now_s()})
     run.progress.step = done
     step_finished(done)
     return state, loss, {**metrics, **run.ledger.metrics()}
@@ -198,7 +199,7 @@ def _summary(cfg, progress, clock, run) -> dict:
     tokens_per_sec = perf["tokens_per_step"] / step_s
     first, last = progress.evals[0], progress.evals[cfg.max_steps]
     fpt = perf["flops_per_token"]
-    return {"steps": cfg.max_steps, "tokens": cfg.max_steps * perf["tokens_per_step"],
+    return {"steps": cfg.max_steps, "tokens": run.clock.tokens(perf["tokens_per_step"]),
             "compile_s": max(0.0, first_s - step_s), "val/loss": last["val/loss"], "val/bpb": last.get("val/bpb"),
             "val/bpb_initial": first.get("val/bpb"), "val/loss_initial": first["val/loss"],
             "perf/tokens_per_sec": tokens_per_sec, "perf/step_s": step_s,
@@ -210,17 +211,18 @@ def _summary(cfg, progress, clock, run) -> dict:
 def _report(loss, metrics, ready_at, run, clock, guard):
     """Log one step once its losses are on the host; step time is the gap between completions."""
     perf, logger = run.perf, run.logger
-    losses = [float(x) for x in to_host(loss)]
+    active = metrics.get("islands/active", "1" * len(loss))
+    losses = {r: float(x) for r, x in enumerate(to_host(loss)) if active[r] == "1"}  # an idle island's loss is not one
     now = ready_at or time.perf_counter()  # a serialized step completed when it was blocked on
     dt, clock["last"] = now - clock["last"], now
     clock["times"].append(dt)
-    if not all(math.isfinite(x) for x in losses):
-        raise UserError(f"step {metrics['step']}: non-finite training loss {losses}; lower the learning "
-                        "rates or check the data")
-    guard.check(metrics["step"], sum(losses) / len(losses))
+    if not all(math.isfinite(x) for x in losses.values()):
+        raise UserError(f"step {metrics['step']}: non-finite training loss {list(losses.values())}; lower the "
+                        "learning rates or check the data")
+    mean = sum(losses.values()) / len(losses)
+    guard.check(metrics["step"], mean)
     tokens_per_sec = perf["tokens_per_step"] / dt
-    metrics = {**metrics, "train/loss": sum(losses) / len(losses),
-               **{f"train/island_loss/{r}": x for r, x in enumerate(losses)},
+    metrics = {**metrics, "train/loss": mean, **{f"train/island_loss/{r}": x for r, x in losses.items()},
                "perf/tokens_per_sec": tokens_per_sec,
                "perf/mfu": mfu(perf["flops_per_token"], tokens_per_sec, perf["peak"]) if perf["flops_per_token"] else None}
     if metrics["step"] % logger.every == 0 or metrics["step"] == 1:

@@ -25,22 +25,32 @@ class Objective:
 
 
 class ObjectiveLoader:
-    """The loader interface (next, state, close) over Objective.batch; its position is the step."""
+    """The loader interface (take, next, state, close) over Objective.batch; an island's position is its own step."""
 
     def __init__(self, objective: Objective, islands: list[int], positions: list | None = None):
         self.objective, self.islands = objective, islands
-        self.step = int(positions[0][0]) if positions else 0
+        self.steps = [int(p[0]) for p in positions] if positions else [0] * len(islands)
 
     def __iter__(self):
         return self
 
+    def take(self, active=None) -> np.ndarray:
+        """The next batch; an inactive island's rows are zeros and its step does not move."""
+        rows = []
+        for i, r in enumerate(self.islands):
+            batch = self.objective.batch(self.steps[i], r)
+            if active is None or active[r]:
+                self.steps[i] += 1
+                rows.append(batch)
+            else:
+                rows.append(np.zeros_like(batch))
+        return np.stack(rows)
+
     def __next__(self) -> np.ndarray:
-        rows = np.stack([self.objective.batch(self.step, r) for r in self.islands])
-        self.step += 1
-        return rows
+        return self.take()
 
     def state(self) -> dict:
-        return {"positions": [[self.step] for _ in self.islands]}
+        return {"positions": [[step] for step in self.steps]}
 
     def close(self) -> None:
         pass

@@ -39,17 +39,19 @@ def names(values) -> list[str]:
 class Clock:
     """Where the run stands before an inner step: the step about to run, and who takes part in it.
 
-    A participation policy (jaximus/clock.py) makes it: every island takes every step in lockstep, and
-    `present` says which islands a sync after this step hears from (island dropout draws it).
+    A participation policy (jaximus/clock.py) makes it: `active` says which islands take this step (all
+    of them in lockstep; islands.local_steps idles a slow island for the end of each round), `present`
+    which islands a sync after it hears from (island dropout draws it).
     """
     step: int  # the inner step about to run, 1-based
     max_steps: int
     present: tuple[bool, ...]  # islands a sync after this step averages over
+    active: tuple[bool, ...]  # islands that take this step
 
     @classmethod
     def everyone(cls, step: int, max_steps: int, islands: int) -> "Clock":
         """Lockstep with every island present: the clock inspect and the benchmark plan from."""
-        return cls(step, max_steps, (True,) * islands)
+        return cls(step, max_steps, (True,) * islands, (True,) * islands)
 
     @property
     def last(self) -> bool:
@@ -60,7 +62,7 @@ class Clock:
         groups = frozenset(groups)
         n = sum(self.present)
         weights = tuple(float(p) / n for p in self.present) if groups and n else None
-        return Plan(self.step, frozenset(events), groups, weights)
+        return Plan(self.step, frozenset(events), groups, weights, self.active)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Plan:
     events: frozenset[Event]  # what the inner step does for the scheme
     groups: frozenset[Group]  # what a sync after the step exchanges; empty: no sync
     weights: tuple[float, ...] | None  # each island's weight in the sync's mean: 1/n for the n present, else 0
+    active: tuple[bool, ...]  # islands that take the step; an inactive one keeps its state and its data
 
     @property
     def skipped(self) -> bool:

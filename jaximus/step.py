@@ -58,26 +58,42 @@ def _compiled_per_key(build, call):
 
 
 def make_train_step(loss_fn, tx, scheme, mesh, shardings):
-    """step(state, batch_RBT1, events) -> (state, loss_R), compiled once per set of the scheme's step events;
-    the state's buffers are donated."""
-    def build(events: frozenset):
-        def island_step(state: TrainState, batch_BT1):
+    """step(state, batch_RBT1, events, active_R=None) -> (state, loss_R), compiled once per set of the scheme's
+    step events; the state's buffers are donated.
+
+    With `active` (a bool per island, some False) one more program per event set takes the mask as data: an
+    inactive island's parameters, optimizer state and outer state stay as they were (its rows are ignored).
+    state.step counts the run's steps on every island, so the seeds a sync derives from it agree.
+    """
+    def build(events: frozenset, masked: bool = False):
+        def island_step(state: TrainState, batch_BT1, active=None):
             batch_BT1 = jax.lax.with_sharding_constraint(batch_BT1, P("fsdp"))
             params = state.islands.params
             loss, grads = jax.value_and_grad(loss_fn)(params, batch_BT1)
             updates, opt_state = tx.update(scheme.grad_hook(grads), state.islands.opt_state, params)
             island = IslandState(optax.apply_updates(params, updates), opt_state)
             island, outer = scheme.in_step(island, state.outer, state.step, events)
+            if masked:
+                island, outer = jax.tree.map(lambda new, old: jnp.where(active, new, old),
+                                             (island, outer), (state.islands, state.outer))
             return TrainState(island, outer, state.step + 1), loss
 
         return jax.jit(per_island(island_step, mesh), donate_argnums=0, out_shardings=(shardings, None))
 
-    per_events = _compiled_per_key(build, lambda program, state, batch: program(state, batch))
+    mask_sharding = NamedSharding(mesh, P("replica"))
 
-    def step(state, batch, events: frozenset = frozenset()):
-        return per_events(events, state, batch)
+    def call(program, state, batch, active):
+        if active is None:
+            return program(state, batch)
+        return program(state, batch, jax.device_put(np.asarray(active, bool), mask_sharding))
 
-    step.build, step.compiled = build, per_events.compiled
+    per_key = _compiled_per_key(lambda key: build(*key), call)
+
+    def step(state, batch, events: frozenset = frozenset(), active=None):
+        masked = active is not None and not all(active)
+        return per_key((events, masked), state, batch, active if masked else None)
+
+    step.build, step.compiled = build, per_key.compiled
     return step
 
 

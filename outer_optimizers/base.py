@@ -101,11 +101,14 @@ def tree_norm(tree):
     return optax.tree.norm(tree)
 
 
-def refuse_dropout_in_step(cfg, in_step: bool) -> None:
-    """Island dropout leaves an island out of a sync program; an in-step sync cannot do that yet."""
-    if cfg.faults.island_dropout and in_step:
-        raise UserError("faults.island_dropout with outer.overlap_steps > 0 or outer.eager: an in-step sync cannot "
-                        "leave an island out yet; use outer.overlap_steps=0 and outer.eager=false")
+def refuse_partial_in_step(cfg, in_step: bool, fix: str) -> None:
+    """Dropout and islands.local_steps leave an island out of a sync program; an in-step collective cannot."""
+    if in_step and cfg.faults.island_dropout:
+        raise UserError(f"faults.island_dropout with outer.name={cfg.outer.name}: an in-step sync cannot leave an "
+                        f"island out yet; {fix}")
+    if in_step and cfg.islands.local_steps is not None:
+        raise UserError(f"islands.local_steps with outer.name={cfg.outer.name}: an island that idles cannot take part "
+                        f"in a collective inside the inner step; {fix}")
 
 
 def check_period(key: str, value) -> int:

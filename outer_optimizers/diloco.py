@@ -11,7 +11,7 @@ import optax
 from jaximus import UserError
 from jaximus.schema import Spec, flag, number, text
 from jaximus.state import IslandState, OuterState
-from outer_optimizers.base import PARAMS, PeriodicScheme, refuse_dropout_in_step, tree_norm
+from outer_optimizers.base import PARAMS, PeriodicScheme, refuse_partial_in_step, tree_norm
 from outer_optimizers.registry import Key, register
 
 OUTER_OPTIMIZER_KEYS = {  # every scheme that applies an outer optimizer to a mean pseudo-gradient (2311.08105)
@@ -68,7 +68,7 @@ class DiLoCo(PeriodicScheme):
     @classmethod
     def check(cls, cfg):
         super().check(cfg)
-        refuse_dropout_in_step(cfg, cfg.outer.eager)
+        refuse_partial_in_step(cfg, cfg.outer.eager, "use outer.eager=false")
 
     @classmethod
     def variant(cls, cfg):

@@ -17,7 +17,7 @@ from jaximus import UserError
 from jaximus.plan import Event, Group
 from jaximus.schema import integer, number, text
 from jaximus.state import IslandState, OuterState
-from outer_optimizers.base import PeriodicScheme, make_ledger, refuse_dropout_in_step, tree_norm
+from outer_optimizers.base import PeriodicScheme, make_ledger, refuse_partial_in_step, tree_norm
 from outer_optimizers.diloco import EAGER_KEY, OUTER_OPTIMIZER_KEYS, make_outer_optimizer
 from outer_optimizers.registry import Key, register
 
@@ -70,7 +70,8 @@ class StreamingDiLoCo(PeriodicScheme):
     @classmethod
     def check(cls, cfg):
         super().check(cfg)
-        refuse_dropout_in_step(cfg, bool(cfg.outer.eager or cfg.outer.overlap_steps))
+        refuse_partial_in_step(cfg, bool(cfg.outer.eager or cfg.outer.overlap_steps),
+                               "use outer.overlap_steps=0 and outer.eager=false")
 
     def __init__(self, outer_cfg, inner_tx, island, num_islands, compressor):
         super().__init__(outer_cfg, inner_tx, island, num_islands, compressor)

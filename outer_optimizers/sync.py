@@ -2,7 +2,7 @@
 from jaximus import UserError
 from jaximus.islands import island_mean, tree_bytes
 from jaximus.plan import Event
-from outer_optimizers.base import Scheme, make_ledger
+from outer_optimizers.base import Scheme, make_ledger, refuse_partial_in_step
 from outer_optimizers.registry import register
 
 GRADS = {Event("grads")}  # every inner step means the gradients across islands
@@ -17,6 +17,7 @@ class SyncDP(Scheme):
         super().check(cfg)
         if cfg.faults.island_dropout:
             raise UserError("faults.island_dropout applies to local-update schemes; outer.name=sync has no syncs to miss")
+        refuse_partial_in_step(cfg, True, "use a local-update scheme (outer.name=diloco, local_sgd, ...)")
 
     def init(self, params):
         return super().init(None)  # islands never differ: any island's parameters are the global model

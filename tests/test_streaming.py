@@ -102,7 +102,7 @@ def test_inner_step_carries_exactly_the_in_flight_fragment(nanochat, tiny_cfg):
     (["outer.fragments=3", "outer.sync_every=6"], "outer.fragments=3: fragment 2 holds no parameters"),
     (["outer.mix_alpha=1.5"], "outer.mix_alpha=1.5: must be a number in [0, 1]"),
     (["outer.fragments=0"], "outer.fragments=0: must be an integer >= 1"),
-    (["faults.island_dropout=0.1", "outer.sync_every=4"], "faults.island_dropout with outer.overlap_steps > 0"),
+    (["faults.island_dropout=0.1", "outer.sync_every=4"], "cannot leave an island out yet; use outer.overlap_steps=0"),
     (["outer.sync_every=4", "outer.eager=True"], "outer.eager=true needs the whole round overlapped"),
     (["outer.name='local_sgd'", "outer.eager=True"], "outer.eager=true with outer.name=local_sgd"),
 ])

@@ -39,7 +39,7 @@ def test_meshes_agree_and_step_compiles_once(nanochat, tiny_cfg):
     np.testing.assert_array_equal(islands[0], islands[3])  # sync DP keeps islands identical
     np.testing.assert_allclose(islands[0], np.asarray(state_b.params["lm_head"])[0], atol=1e-5)
     for step in (step_a, step_b):  # one variant of the inner step, compiled once
-        grads = frozenset({Event("grads")})
+        grads = (frozenset({Event("grads")}), False)  # its event set, unmasked: every island takes every step
         assert list(step.compiled) == [grads] and step.compiled[grads]._cache_size() == 1
     assert state_a.params["wte"].sharding.spec == jax.P("replica", "fsdp", None)  # born sharded
 

@@ -150,49 +150,60 @@ class TrainLoader:
     """Batches of shape (islands, rows, seq_len + 1), prefetched on a thread; state() matches what was consumed.
 
     island_slots holds each local island's slots; an island's position is its slots' positions, concatenated.
+    Each island has its own queue, so an island that does not take a step (take(active)) does not consume
+    its data: its rows in that batch are zeros, which the masked step ignores.
     """
 
     def __init__(self, island_slots: list[list], islands: list[int], prefetch: int = 2):
         self.islands, self.slots = list(islands), island_slots
-        self._state = self._positions()
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        self._positions = [self._position(slots) for slots in island_slots]
+        self._queues = [queue.Queue(maxsize=max(1, prefetch)) for _ in island_slots]
+        self._blank, self._error = None, None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, daemon=True)
         self._thread.start()
 
-    def _positions(self) -> dict:
-        return {"positions": [[x for s in slots for x in s.position()] for slots in self.slots]}
-
-    def _make_batch(self):
-        batch = np.stack([np.stack([s.next_row() for s in slots]) for slots in self.slots])
-        return batch, self._positions()
+    @staticmethod
+    def _position(slots) -> list:
+        return [x for s in slots for x in s.position()]
 
     def _produce(self):
         try:
             while not self._stop.is_set():
-                item = self._make_batch()
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                ready = [(q, slots) for q, slots in zip(self._queues, self.slots) if not q.full()]
+                for q, slots in ready:  # only this thread puts, so a queue with room keeps it
+                    q.put((np.stack([s.next_row() for s in slots]), self._position(slots)))
+                if not ready:
+                    self._stop.wait(0.002)  # every island is prefetched: wait for a step to take some
         except BaseException as e:  # surfaced on the consumer's next call
-            self._queue.put(e)
+            self._error = e
+
+    def _get(self, i: int):
+        while True:
+            try:
+                return self._queues[i].get(timeout=0.05)
+            except queue.Empty:
+                if self._error is not None:
+                    raise self._error from None
+
+    def take(self, active=None) -> np.ndarray:
+        """The next batch; with `active` (one bool per island of the run) only the active islands' data moves."""
+        rows = [None] * len(self.slots)
+        for i, island in enumerate(self.islands):
+            if active is None or active[island]:
+                rows[i], self._positions[i] = self._get(i)
+                self._blank = np.zeros_like(rows[i]) if self._blank is None else self._blank
+        return np.stack([self._blank if r is None else r for r in rows])
 
     def __next__(self) -> np.ndarray:
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        batch, self._state = item
-        return batch
+        return self.take()
 
     def __iter__(self):
         return self
 
     def state(self) -> dict:
         """Position after the last batch handed out: a resumed loader continues from here."""
-        return {"positions": [list(p) for p in self._state["positions"]]}
+        return {"positions": [list(p) for p in self._positions]}
 
     def close(self):
         self._stop.set()
