@@ -22,7 +22,7 @@ import numpy as np
 
 from jaximus import UserError
 from jaximus.plan import Clock, Plan
-from jaximus.schema import Spec, number, text
+from jaximus.schema import Spec, flag, number, text
 
 NS = 10**9
 SPEED_SALT = 0x5BEED  # keeps the speed draws apart from the dropout draws of the same (seed, step)
@@ -38,6 +38,10 @@ ISLANDS_SCHEMA = {
                                "cyclically instead of the speed model"),
     "islands.local_steps": Spec("numbers", optional=True, meaning="inner steps each island takes per outer.sync_every "
                                 "round, e.g. (10, 10, 5, 2): a slow island does fewer and idles until the sync"),
+    "islands.dynamic_local_steps": flag(meaning="dynamic local updates (Async Local-SGD, 2401.09135): local_steps "
+                                        "from the speeds, floor(H x fastest step_s / step_s[r]), so rounds end together"),
+    "islands.merge": text("equal", "tokens", meaning="island weights in a sync: equal (torchft, Delayed Nesterov), or "
+                          "tokens: in proportion to the steps each island takes per round"),
     "islands.gbps": number(0, meaning="simulated link between islands, Gbit/s per island each way"),
     "islands.latency_ms": number(0, meaning="simulated latency per message on that link"),
 }
@@ -50,6 +54,8 @@ def add_islands_config(c) -> None:
     c.islands.straggler_slowdown = 4.0  # an illustrative straggler; set it from your cluster's step times
     c.islands.step_times = None
     c.islands.local_steps = None  # every island takes every step
+    c.islands.dynamic_local_steps = False
+    c.islands.merge = "equal"  # DiLoCo's plain mean over the islands present
     c.islands.gbps = 1.0  # analysis.compare's default link
     c.islands.latency_ms = 10.0
 
@@ -94,6 +100,27 @@ def check_islands(cfg) -> None:
         if len(s.local_steps) != R or not all(isinstance(h, int) and 1 <= h <= H for h in s.local_steps):
             raise UserError(f"islands.local_steps={tuple(s.local_steps)}: give {R} whole numbers of inner steps (one per "
                             f"island: parallel.replica={R}), each from 1 to outer.sync_every={H}")
+        if s.dynamic_local_steps:
+            raise UserError(f"islands.local_steps={tuple(s.local_steps)} with islands.dynamic_local_steps=true: choose "
+                            "one (dynamic local updates derive local_steps from islands.step_s)")
+
+
+def local_steps(cfg) -> tuple[int, ...] | None:
+    """Inner steps each island takes per round: islands.local_steps, or DyLU's from the mean speeds, else None."""
+    s, H = cfg.islands, cfg.outer.sync_every
+    if not s.dynamic_local_steps:
+        return None if s.local_steps is None else tuple(s.local_steps)
+    step_s = mean_step_s(cfg)
+    # H_r = floor(H v_r / max v) (2401.09135, dynamic local updates), at least one step; 1e-9 absorbs rounding
+    return tuple(max(1, math.floor(H * min(step_s) / x + 1e-9)) for x in step_s)
+
+
+def mean_step_s(cfg) -> list[float]:
+    """Each island's mean seconds per step: from the replayed file, or islands.step_s (jitter has median 1)."""
+    R, s = cfg.parallel.replica, cfg.islands
+    if s.step_times:
+        return list(read_step_times(s.step_times, R).mean(axis=0))
+    return list(s.step_s) * R if len(s.step_s) == 1 else list(s.step_s)
 
 
 class Speeds:
@@ -128,7 +155,10 @@ class IslandClock:
 
     def __init__(self, cfg, scheme_ledger: dict, overlap_steps: float, progress):
         self.R, self.seed, self.max_steps = cfg.parallel.replica, cfg.seed, cfg.max_steps
-        self.dropout, self.every, self.local_steps = cfg.faults.island_dropout, cfg.outer.sync_every, cfg.islands.local_steps
+        self.dropout, self.every, self.local_steps = cfg.faults.island_dropout, cfg.outer.sync_every, local_steps(cfg)
+        # a sync's weight for each island present: its share of the round's steps, or equal
+        merge_by_tokens = cfg.islands.merge == "tokens" and self.local_steps is not None
+        self.shares = tuple(float(h) for h in self.local_steps) if merge_by_tokens else (1.0,) * self.R
         self.speeds, self.ledger, self.overlap = Speeds(cfg), scheme_ledger, overlap_steps
         self.gbps, self.latency_ns = cfg.islands.gbps, round(cfg.islands.latency_ms * 1e6)
         self.progress = progress
@@ -141,7 +171,7 @@ class IslandClock:
         """The clock before inner step `step` (1-based)."""
         within = (step - 1) % self.every  # steps of this round already taken
         active = (True,) * self.R if self.local_steps is None else tuple(within < h for h in self.local_steps)
-        return Clock(step, self.max_steps, present_islands(self.seed, step, self.R, self.dropout), active)
+        return Clock(step, self.max_steps, present_islands(self.seed, step, self.R, self.dropout), active, self.shares)
 
     def link_ns(self, wire_bytes: float) -> int:
         """One collective: its wire bytes over the link, and a ring's 2 (R - 1) messages of latency."""
@@ -151,6 +181,7 @@ class IslandClock:
 
     def advance(self, plan: Plan) -> list[dict]:
         st, events = self.state, []
+        st["executed"] = plan.step  # every island runs every step of the one SPMD program, idle or not
         compute = [self.speeds.step_ns(r, plan.step) if plan.active[r] else 0 for r in range(self.R)]
         for r in (r for r in range(self.R) if plan.active[r]):  # an idle island computes nothing
             st["steps"][r] += 1
@@ -197,9 +228,11 @@ class IslandClock:
 
     def summary(self) -> dict:
         """Simulated wall-clock, each island's busy / waiting (at collectives) / communicating fractions of
-        it, and goodput: useful island-seconds over island-seconds."""
+        it, goodput (useful island-seconds over island-seconds) and the simulator's step efficiency (island-steps
+        taken over island-steps executed: an idle island still computes, and its result is discarded)."""
         st, total = self.state, max(self.state["ns"]) or 1
         return {"time/sim_s": max(st["ns"]) / NS, "time/island_busy": [b / total for b in st["busy_ns"]],
                 "time/island_wait": [w / total for w in st["wait_ns"]],
                 "time/island_comm": [c / total for c in st["comm_ns"]],
-                "time/goodput": sum(st["busy_ns"]) / (self.R * total), "time/outer_versions": st["version"]}
+                "time/goodput": sum(st["busy_ns"]) / (self.R * total), "time/outer_versions": st["version"],
+                "islands/step_efficiency": sum(st["steps"]) / (self.R * st.get("executed", 0) or 1)}

@@ -26,7 +26,7 @@ from jaximus.schema import flatten
 
 
 def advance(run, state, step: int):
-    """Inner step number step + 1 on every island, then the scheme's sync if its plan has one: (state, loss_R, metrics).
+    """Inner step number step + 1 on the islands the plan makes active, then its sync if it has one: (state, loss_R, metrics).
 
     After the last step whatever is pending syncs, so the final evaluation reflects all the compute.
     """

@@ -47,11 +47,12 @@ class Clock:
     max_steps: int
     present: tuple[bool, ...]  # islands a sync after this step averages over
     active: tuple[bool, ...]  # islands that take this step
+    shares: tuple[float, ...]  # each island's weight in a sync before the mean over those present
 
     @classmethod
     def everyone(cls, step: int, max_steps: int, islands: int) -> "Clock":
         """Lockstep with every island present: the clock inspect and the benchmark plan from."""
-        return cls(step, max_steps, (True,) * islands, (True,) * islands)
+        return cls(step, max_steps, (True,) * islands, (True,) * islands, (1.0,) * islands)
 
     @property
     def last(self) -> bool:
@@ -60,8 +61,8 @@ class Clock:
     def plan(self, events=(), groups=()) -> "Plan":
         """The Plan for this step: the scheme's events and due groups, with the islands' weights in a sync."""
         groups = frozenset(groups)
-        n = sum(self.present)
-        weights = tuple(float(p) / n for p in self.present) if groups and n else None
+        n = sum(w for w, p in zip(self.shares, self.present, strict=True) if p)
+        weights = tuple(w / n if p else 0.0 for w, p in zip(self.shares, self.present, strict=True)) if groups and n else None
         return Plan(self.step, frozenset(events), groups, weights, self.active)
 
 
@@ -70,7 +71,7 @@ class Plan:
     step: int  # the inner step it plans, 1-based
     events: frozenset[Event]  # what the inner step does for the scheme
     groups: frozenset[Group]  # what a sync after the step exchanges; empty: no sync
-    weights: tuple[float, ...] | None  # each island's weight in the sync's mean: 1/n for the n present, else 0
+    weights: tuple[float, ...] | None  # each island's weight in the sync's mean: its share over the present's, 0 if absent
     active: tuple[bool, ...]  # islands that take the step; an inactive one keeps its state and its data
 
     @property

@@ -19,12 +19,15 @@
         global_params(state) -> params            # the model evaluation scores (leading R axis)
 
 The schedule is data (jaximus/plan.py): before each inner step the loop hands the scheme a
-Clock (the step about to run, the last step, which islands a sync would hear from) and the scheme
+Clock (the step about to run, the last step, which islands take it, which a sync would hear from) and the scheme
 answers with a Plan, built by `clock.plan(events, groups)`: the Events its inner step does (say
 {Event("issue", 1)}) and the Groups a sync after it exchanges. Nothing else in the library decides
 when a scheme talks; the ledger prices the same values, inspect compiles them, and the checkpoint
 needs none of it (a plan is a function of the step). After the last step (`clock.last`) a scheme syncs
-whatever is pending, so the run's final evaluation reflects all of its compute.
+whatever is pending, so the run's final evaluation reflects all of its compute. An island that does not
+take a step (islands.local_steps) keeps its state; one absent from a sync (faults.island_dropout) has
+weight 0. Neither can sit out a collective inside the inner step, so a scheme that has one calls
+refuse_partial_in_step from its check.
 
 A scheme may talk across islands in exactly three places, always through jaximus.islands: in the
 gradient (sync DP's mean), inside the compiled inner step on its own state (a collective issued at
@@ -106,7 +109,7 @@ def refuse_partial_in_step(cfg, in_step: bool, fix: str) -> None:
     if in_step and cfg.faults.island_dropout:
         raise UserError(f"faults.island_dropout with outer.name={cfg.outer.name}: an in-step sync cannot leave an "
                         f"island out yet; {fix}")
-    if in_step and cfg.islands.local_steps is not None:
+    if in_step and (cfg.islands.local_steps is not None or cfg.islands.dynamic_local_steps):
         raise UserError(f"islands.local_steps with outer.name={cfg.outer.name}: an island that idles cannot take part "
                         f"in a collective inside the inner step; {fix}")
 

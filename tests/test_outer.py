@@ -138,8 +138,9 @@ def test_sync_schedules(tiny_cfg):
     assert [s for s, g in synced.items() if NU in g] == [12, 24]  # K_v = 6 K_x
     assert due(desloc, 7, last_step=7) == {PARAMS}
     assert not due(make_scheme(tiny_cfg("outer.name='sync'"), tx, island, 4), 5, last_step=5)
-    dropped = Clock(3, 100, (True, False, True, False), (True,) * 4).plan(groups={PARAMS})
-    assert dropped.weights == (0.5, 0.0, 0.5, 0.0) and Clock(3, 100, (False,) * 4, (True,) * 4).plan(groups={PARAMS}).skipped
+    dropped = Clock(3, 100, (True, False, True, False), (True,) * 4, (1.0,) * 4).plan(groups={PARAMS})
+    nobody = Clock(3, 100, (False,) * 4, (True,) * 4, (1.0,) * 4)
+    assert dropped.weights == (0.5, 0.0, 0.5, 0.0) and nobody.plan(groups={PARAMS}).skipped
 
 
 def test_islands_start_identical(nanochat, tiny_cfg):
@@ -209,36 +210,46 @@ def test_dropout_mean_uses_only_present_islands(nanochat, tiny_cfg, tmp_path):
         np.testing.assert_allclose(dropped.islands.params["lm_head"][r], expected, rtol=1e-5, atol=1e-7)
 
 
-def test_local_steps_average_islands_at_their_own_step_counts(nanochat, tiny_cfg, tmp_path):
-    """islands.local_steps=(3, 3, 2, 1): the round's average is of each island after its own number of steps,
-    and an idle island's parameters, optimizer state and data position stay where they were."""
-    common = ["outer.name='local_sgd'", "max_steps=4"]
-    cfg = config(tmp_path, tiny_cfg, *common, "outer.sync_every=3", "islands.local_steps=(3, 3, 2, 1)", "run.name='a'")
+def _three_steps(nanochat, cfg):
+    """States, rows and loader positions after each of three steps."""
     with build(cfg, nanochat) as run:
-        state, history, rows = run.state, [], []
+        state, history, rows, positions = run.state, [], [], []
         for step in range(3):
             state, _, metrics = advance(run, state, step)
             history.append(jax.device_get(state))
             rows.append(metrics)
-        positions = run.loader.state()["positions"]
-    with build(config(tmp_path, tiny_cfg, *common, "outer.sync_every=100", "run.name='b'"), nanochat) as run:
-        state, alone, alone_positions = run.state, [], []
-        for step in range(3):
-            state, _, _ = advance(run, state, step)
-            alone.append(jax.device_get(state))
-            alone_positions.append(run.loader.state()["positions"])
+            positions.append(run.loader.state()["positions"])
+        return history, rows, positions, run.perf["tokens_per_step"]
+
+
+def test_local_steps_average_islands_at_their_own_step_counts(nanochat, tiny_cfg, tmp_path):
+    """islands.local_steps=(3, 3, 2, 1): the round's average is of each island after its own number of steps,
+    and an idle island's parameters, optimizer state and data position stay where they were. Dynamic local
+    updates at step_s (1, 1, 1.5, 3) give the same steps (floor(3 x 1 / s)); merging by tokens weights each
+    island by its steps, 3 : 3 : 2 : 1."""
+    common = ["outer.name='local_sgd'", "max_steps=4"]
+    history, rows, positions, tps = _three_steps(nanochat, config(
+        tmp_path, tiny_cfg, *common, "outer.sync_every=3", "islands.local_steps=(3, 3, 2, 1)", "run.name='a'"))
+    dynamic, _, _, _ = _three_steps(nanochat, config(
+        tmp_path, tiny_cfg, *common, "outer.sync_every=3", "islands.dynamic_local_steps=True",
+        "islands.step_s=(1.0, 1.0, 1.5, 3.0)", "islands.merge='tokens'", "run.name='c'"))
+    alone, _, alone_positions, _ = _three_steps(nanochat, config(
+        tmp_path, tiny_cfg, *common, "outer.sync_every=100", "run.name='b'"))
     assert [m.get("islands/active") for m in rows] == [None, "1110", "1100"]
-    assert rows[-1]["tokens"] == (3 + 3 + 2 + 1) * run.perf["tokens_per_step"] // 4
+    assert rows[-1]["tokens"] == (3 + 3 + 2 + 1) * tps // 4
     for r, h in enumerate((3, 3, 2, 1)):
-        assert positions[r] == alone_positions[h - 1][r]  # an idle island's data waits for it
+        assert positions[-1][r] == alone_positions[h - 1][r]  # an idle island's data waits for it
     idle = [jax.tree.map(lambda x, r=r: np.asarray(x[r]), history[1].islands) for r in range(4)]
     idle_before = [jax.tree.map(lambda x, r=r: np.asarray(x[r]), history[0].islands) for r in range(4)]
     for x, y in zip(jax.tree.leaves(idle[3]), jax.tree.leaves(idle_before[3]), strict=True):
         np.testing.assert_array_equal(x, y)  # island 3 sat out step 2: parameters and optimizer state
     assert not np.array_equal(idle[2].params["lm_head"], idle_before[2].params["lm_head"])  # island 2 did not
-    head = [np.asarray(alone[h - 1].islands.params["lm_head"][r], np.float64) for r, h in enumerate((3, 3, 2, 1))]
+    head = np.array([alone[h - 1].islands.params["lm_head"][r] for r, h in enumerate((3, 3, 2, 1))], np.float64)
+    by_tokens = np.tensordot(np.array([3, 3, 2, 1]) / 9, head, axes=1)
+    assert not np.allclose(by_tokens, head.mean(axis=0), rtol=1e-3)  # the two merges differ measurably
     for r in range(4):
-        np.testing.assert_allclose(history[2].islands.params["lm_head"][r], np.mean(head, axis=0), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(history[2].islands.params["lm_head"][r], head.mean(axis=0), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(dynamic[2].islands.params["lm_head"][r], by_tokens, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("overrides,needle", [
@@ -248,12 +259,14 @@ def test_local_steps_average_islands_at_their_own_step_counts(nanochat, tiny_cfg
     (["outer.name='sync'", "islands.local_steps=(3, 3, 2, 1)"], "cannot take part in a collective"),
     (["outer.name='streaming_diloco'", "outer.overlap_steps=1", "islands.local_steps=(3, 3, 2, 1)"],
      "cannot take part in a collective"),
+    (["islands.dynamic_local_steps=True", "islands.local_steps=(3, 3, 2, 1)"], "choose one"),
+    (["islands.merge='steps'"], "islands.merge='steps': choose one of equal, tokens"),
 ])
 def test_bad_local_steps(overrides, needle):
     from conftest import NANOCHAT, TINY
     with pytest.raises(UserError, match=re.escape(needle)) as err:
         load_config(NANOCHAT, [*TINY, "outer.name='diloco'", "outer.sync_every=3", *overrides])
-    assert "\n" not in str(err.value) and "islands.local_steps" in str(err.value)
+    assert "\n" not in str(err.value) and "islands." in str(err.value)
 
 
 def test_present_islands_seeded():
@@ -261,7 +274,7 @@ def test_present_islands_seeded():
     draws = [present_islands(7, s, 4, 0.5) for s in range(1, 200)]
     assert draws == [present_islands(7, s, 4, 0.5) for s in range(1, 200)]  # a resumed run drops the same ones
     assert 1.5 < np.mean([sum(d) for d in draws]) < 2.5 and any(not any(d) for d in draws)  # about half; sometimes nobody
-    plans = [Clock(s, 200, d, (True,) * 4).plan(groups={PARAMS}) for s, d in enumerate(draws, 1)]
+    plans = [Clock(s, 200, d, (True,) * 4, (1.0,) * 4).plan(groups={PARAMS}) for s, d in enumerate(draws, 1)]
     assert all(abs(sum(p.weights) - 1) < 1e-12 for p in plans if not p.skipped)  # a mean over those present
 
 
