@@ -47,7 +47,8 @@ def points_of(rep: Reproduction, overrides: list[str], seeds: int | None) -> lis
     varied = {o.partition("=")[0] for o in overrides} & set(rep.keys)
     if varied:
         raise UserError(f"{', '.join(sorted(varied))}: {rep.name} varies this key across its points; leave it out")
-    return [{"name": run_name(p.label, s), "overrides": [*SIZE, *overrides, *p.overrides, f"seed={s}"]}
+    # the point's keys before the user's: a user's max_steps (say) sizes every point alike
+    return [{"name": run_name(p.label, s), "overrides": [*SIZE, *p.overrides, *overrides, f"seed={s}"]}
             for p in rep.points for s in seeds_of(p, seeds)]
 
 
@@ -124,8 +125,8 @@ def figure(rep: Reproduction, r: Results, path: Path, verdict: str) -> None:
     for i, (label, runs) in enumerate(r.runs.items()):
         evals = runs[0].evals
         look = {**style(i), "linewidth": 2.5 if label == labels[best] else 1.2}
-        right.plot([e["tokens"] for e in evals][1:], [e["val/bpb"] for e in evals][1:], label=label, **look)
-    right.set(xlabel="tokens", ylabel="validation bits per byte")
+        right.plot([e[rep.curve] for e in evals][1:], [e["val/bpb"] for e in evals][1:], label=label, **look)
+    right.set(xlabel="simulated seconds" if rep.curve == "time/sim_s" else rep.curve, ylabel="validation bits per byte")
     right.set_title("validation bpb during training (first seed)", fontsize=8)
     right.grid(True, alpha=0.3)
     legend_outside(right)

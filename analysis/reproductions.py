@@ -8,6 +8,8 @@ docs/algorithms.md sections 2 and 4.
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 # Laptop scale: 75-100 s per point on 2 cores. Scale up with key=value (model.depth=6 max_steps=2000).
 SIZE = ("model.depth=2", "data.seq_len=128", "data.batch_size=16", "max_steps=150", "eval.every=25",
         "eval.tokens=16384", "checkpoint.every=50")
@@ -36,6 +38,7 @@ class Reproduction:
     judge: Callable  # judge(Results) -> (what we measured, verdict)
     minutes: float  # CPU time at the default size on 2 cores (measured; see docs/reproductions)
     reference: str = "dp"  # the point others are compared against in the table
+    curve: str = "tokens"  # what the figure's curves run against: tokens, or time/sim_s (simulated seconds)
     notes: str = ""
     keys: tuple[str, ...] = ()  # keys the points vary (a user override of one is refused)
 
@@ -138,6 +141,33 @@ def judge_dropout(r):
     parts = [close(r, lab, "diloco") for lab in labels[1:]]
     text = ", ".join(f"{p.split('_')[-1]}% {r.diff(p, 'diloco'):+.4f}" for p in labels[1:])
     return f"vs no dropout ({r.bpb('diloco'):.4f}), at equal seeds: {text}", combine(parts)
+
+
+def bpb_at_time(r, label: str, seconds: float) -> float:
+    """A point's val bpb at a simulated time, linear between its evaluations (first seed)."""
+    evals = r.runs[label][0].evals
+    return float(np.interp(seconds, [e["time/sim_s"] for e in evals], [e["val/bpb"] for e in evals]))
+
+
+def sim_s(r, label: str) -> float:
+    return r.runs[label][0].evals[-1]["time/sim_s"]
+
+
+def judge_heterogeneous(r):
+    best, sync = "async_dn_dylu", "diloco_het"
+    at_best_end = bpb_at_time(r, sync, sim_s(r, best))
+    parts = [lower(r, "async_dn", "async_nesterov"), close(r, best, sync), 1 if sim_s(r, best) < sim_s(r, sync) else -1,
+             1 if r.bpb(best) < at_best_end - r.noise else -1]
+    points = ", ".join(f"{lab} {r.bpb(lab):.4f} in {sim_s(r, lab):.0f} s" for lab in r.labels)
+    return (f"at equal tokens: {points}; at {sim_s(r, best):.0f} simulated s, when {best} ends, synchronous DiLoCo is "
+            f"at {at_best_end:.4f}"), combine(parts)
+
+
+HET = "islands.step_s=(1.0,1.0,2.0,4.0)"  # speeds like 2401.09135's heterogeneous workers: a 4x spread
+DYLU = "islands.dynamic_local_steps=True"
+# max_steps for equal tokens (150 x 2,048): an asynchronous program step runs only the islands with work
+# left, so it trains fewer tokens than a lockstep one; from the dry run (python -m jaximus.inspect --timeline)
+ASYNC_STEPS, DYLU_STEPS, ASYNC_DYLU_STEPS = 214, 222, 217
 
 
 # ---------- the reproductions ----------
@@ -245,4 +275,26 @@ REPRODUCTIONS = {r.name: r for r in (
         (*NOISE, *(Point(f"dropout_{p}", (f"faults.island_dropout={p / 100}",),
                          what=f"each island misses a sync with probability {p}%") for p in (10, 25, 50))),
         judge_dropout, minutes=9, reference="diloco", keys=("faults.island_dropout",)),
+    Reproduction(
+        "heterogeneous", "Async Local-SGD 2401.09135",
+        "With islands at different speeds, naive asynchronous Nesterov (one outer step per arrival) is worse than "
+        "Delayed Nesterov; Delayed Nesterov with dynamic local updates is about synchronous DiLoCo per token "
+        "while finishing sooner in wall-clock, so it is ahead at equal simulated time.",
+        (Point("diloco_het", (HET,), seeds=2, what="synchronous DiLoCo, H = 10: every sync waits for the slowest"),
+         Point("dylu", (HET, DYLU, "islands.merge='tokens'", f"max_steps={DYLU_STEPS}"),
+               what="synchronous DiLoCo, dynamic local updates (10, 10, 5, 2), merged by tokens"),
+         Point("async_nesterov", (HET, "outer.name='async_diloco'", "outer.lr=0.25", f"max_steps={ASYNC_STEPS}"),
+               what="asynchronous, outer Nesterov per arrival (lr 1 / 4 islands)"),
+         Point("async_dn", (HET, "outer.name='async_diloco'", "outer.optimizer='delayed_nesterov'",
+                            f"max_steps={ASYNC_STEPS}"), what="asynchronous, Delayed Nesterov (N = 4)"),
+         Point("async_dn_dylu", (HET, DYLU, "outer.name='async_diloco'", "outer.optimizer='delayed_nesterov'",
+                                 f"max_steps={ASYNC_DYLU_STEPS}"),
+               what="asynchronous, Delayed Nesterov and dynamic local updates")),
+        judge_heterogeneous, minutes=12, reference="diloco_het", curve="time/sim_s",
+        notes="Every point runs at simulated step times (1, 1, 2, 4) s on a 1 Gbit/s, 10 ms link, with the "
+        "preset's outer lr 1.0 and momentum 0.3 (Delayed Nesterov's buffer: 4 arrivals); each trains "
+        "about 307,200 tokens (its own max_steps). Per-arrival Nesterov takes lr 1 / 4 so a round of four "
+        "arrivals moves as far as one synchronous step (it is not tuned further).",
+        keys=("outer.name", "outer.optimizer", "outer.lr", "islands.step_s", "islands.dynamic_local_steps",
+              "islands.merge")),
 )}

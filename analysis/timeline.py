@@ -1,8 +1,10 @@
 """An island timeline (Gantt chart): each island's inner steps, waits for the slowest, link time and outer
-applies, from the events of `python -m jaximus.inspect --timeline` (jaximus/clock.py)."""
+applies (and an asynchronous scheme's arrivals and pulls), from the events of `python -m jaximus.inspect
+--timeline` (jaximus/clock.py, jaximus/asynchrony.py)."""
 from analysis.plots import legend_outside, save_png
 
-COLORS = {"compute": "C0", "wait": "0.85", "comm": "C3"}
+COLORS = {"compute": "C0", "wait": "0.85", "comm": "C3", "pull": "C2"}
+TICKS = {"apply": ("k", "-", "outer apply"), "arrive": ("C1", ":", "arrival")}  # instants: a tick each
 
 
 def plot_gantt(events: list[dict], path, steps: int, title: str) -> None:
@@ -17,9 +19,10 @@ def plot_gantt(events: list[dict], path, steps: int, title: str) -> None:
     labelled = set()
     for e in shown:
         y = e["island"]
-        if e["kind"] == "apply":
-            ax.plot([e["start_s"]] * 2, [y - 0.45, y + 0.45], color="k", linewidth=1.2,
-                    label=None if "apply" in labelled else "outer apply")
+        if e["kind"] in TICKS:
+            color, style, label = TICKS[e["kind"]]
+            ax.plot([e["start_s"]] * 2, [y - 0.45, y + 0.45], color=color, linestyle=style, linewidth=1.2,
+                    label=None if e["kind"] in labelled else label)
         else:
             ax.barh(y, e["end_s"] - e["start_s"], left=e["start_s"], height=0.7, color=COLORS[e["kind"]],
                     edgecolor="white", linewidth=0.3, label=None if e["kind"] in labelled else e["kind"])

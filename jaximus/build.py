@@ -258,7 +258,7 @@ def _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, part
     scheme = parts["scheme"]
     return Run(state=state, evaluate=evaluate, val_batches=val_batches, loader=loader, logger=logger,
                checkpointer=checkpointer, progress=progress, ledger=Ledger(scheme.ledger(), progress, R),
-               clock=IslandClock(cfg, scheme.ledger(), scheme.overlap_steps(), progress), lock=lock, **parts)
+               clock=scheme.make_clock(cfg, progress), lock=lock, **parts)
 
 
 def say(text: str) -> None:

@@ -192,9 +192,9 @@ class IslandClock:
         if in_step:
             slowest = max(range(self.R), key=lambda r: st["ns"][r])
             events += self._meet(range(self.R), max(0, in_step - round(self.overlap * compute[slowest])))
-        if plan.groups and plan.weights is not None:
-            present = [r for r, w in enumerate(plan.weights) if w > 0]
-            events += self._meet(present, self.link_ns(sum(self.ledger["wire"]["sync"][g] for g in plan.groups)))
+        for sync in (s for s in plan.syncs if s.weights is not None):
+            present = [r for r, w in enumerate(sync.weights) if w > 0]
+            events += self._meet(present, self.link_ns(sum(self.ledger["wire"]["sync"][g] for g in sync.groups)))
             st["version"] += 1
             events += [self._event(r, "apply", st["ns"][r], st["ns"][r]) for r in present]
         return events
@@ -217,6 +217,10 @@ class IslandClock:
     def _event(self, island: int, kind: str, start: int, end: int) -> dict:
         return {"island": island, "kind": kind, "step": self.state["steps"][island], "start_s": start / NS,
                 "end_s": end / NS, "version": self.state["version"], "staleness": 0}
+
+    def step_metrics(self) -> dict:
+        """What the last advance adds to the step's metrics row (an asynchronous schedule's arrivals)."""
+        return {}
 
     def tokens(self, tokens_per_step: int) -> int:
         """Tokens trained so far: each island's share of the global batch for every step it took."""

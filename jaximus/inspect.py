@@ -25,7 +25,6 @@ import numpy as np
 from jaximus import UserError
 from jaximus.build import SCHEMES, build, load_config, start
 from jaximus.cli import ArgumentParser
-from jaximus.clock import IslandClock
 from jaximus.distributed import is_primary
 from jaximus.hlo import cross_island, cross_island_bytes, processes_spanned
 from jaximus.ledger import plan_bytes
@@ -34,22 +33,37 @@ from jaximus.plan import Clock, names
 from jaximus.state import Progress
 
 
-def occurrences(scheme, what, islands: int, horizon: int = 10_000) -> dict:
-    """Each distinct value of what(plan) and how often it occurs per inner step, over one full cycle of a
-    lockstep run in the steady state (the second cycle, so events that wrap around from the previous one
-    are counted)."""
+def cycle_plans(scheme, cfg, islands: int, horizon: int = 10_000) -> list:
+    """The plans of one full cycle of a lockstep run in the steady state (the second cycle, so events that
+    wrap around from the previous one are counted); for a scheme with its own clock (an asynchronous one)
+    the plans of the run's max_steps on that clock, as the run would make them."""
+    if scheme.asynchronous:
+        clock = scheme.make_clock(cfg, Progress())
+        return [_advanced(clock, scheme.plan(clock.clock(step))) for step in range(1, min(cfg.max_steps, horizon) + 1)]
     periods = [getattr(scheme, "every", None)] + list(getattr(scheme, "periods", {}).values())
     cycle = min(math.lcm(*[p for p in periods if p]) if any(periods) else 1, horizon)
+    return [scheme.plan(Clock.everyone(step, 3 * cycle, islands)) for step in range(cycle + 1, 2 * cycle + 1)]
+
+
+def _advanced(clock, plan):
+    clock.advance(plan)
+    return plan
+
+
+def occurrences(plans, what) -> dict:
+    """Each distinct value of what(plan) and how often it occurs per inner step."""
     counts: dict = {}
-    for step in range(cycle + 1, 2 * cycle + 1):
-        value = what(scheme.plan(Clock.everyone(step, 3 * cycle, islands)))
-        counts[value] = counts.get(value, 0) + 1
-    return {v: n / cycle for v, n in counts.items()}
+    for plan in plans:
+        counts[what(plan)] = counts.get(what(plan), 0) + 1
+    return {v: n / len(plans) for v, n in counts.items()}
 
 
-def sync_events(scheme, islands: int) -> dict[frozenset, float]:
-    """Each distinct set of synced groups and how often it occurs per inner step."""
-    return {g: rate for g, rate in occurrences(scheme, lambda plan: plan.groups, islands).items() if g}
+def sync_events(plans) -> dict[frozenset, float]:
+    """Each distinct set of synced groups and how often a sync of it runs per inner step."""
+    counts: dict = {}
+    for sync in (s for plan in plans for s in plan.syncs):
+        counts[sync.groups] = counts.get(sync.groups, 0) + 1
+    return {g: n / len(plans) for g, n in counts.items()}
 
 
 def inspect_scheme(cfg, exp) -> dict:
@@ -64,7 +78,7 @@ def inspect_scheme(cfg, exp) -> dict:
         shape, dtype = (R, B // R, T + 1), np.int32
     batch = jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh))
     weights = jax.ShapeDtypeStruct((R,), np.float32, sharding=jax.NamedSharding(mesh, jax.P("replica")))
-    ledger = scheme.ledger()
+    ledger, plans = scheme.ledger(), cycle_plans(scheme, cfg, R)
 
     def measure(hlo, kind, keys):
         count, payload, wire = cross_island_bytes(hlo, mesh)
@@ -77,12 +91,12 @@ def inspect_scheme(cfg, exp) -> dict:
     with jax.set_mesh(mesh):
         inner = [{**measure(run.step.build(ev).lower(state, batch).compile().as_text(), "step", ev),
                   "events": names(ev), "per_step": rate}
-                 for ev, rate in occurrences(scheme, lambda plan: plan.events, R).items()]
+                 for ev, rate in occurrences(plans, lambda plan: plan.events).items()]
         events = [{**measure(run.sync.build(g).lower(state, weights).compile().as_text(), "sync", g),
-                   "groups": names(g), "per_step": rate} for g, rate in sync_events(scheme, R).items()]
+                   "groups": names(g), "per_step": rate} for g, rate in sync_events(plans).items()]
     per_device = sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
                      for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(run.shardings)))
-    sent = occurrences(scheme, lambda plan: plan_bytes(ledger, plan), R)
+    sent = occurrences(plans, lambda plan: plan_bytes(ledger, plan))
     per_step = sum(e["ledger"] * e["per_step"] for e in inner + events)
     return {"scheme": scheme.name, "params": run.info["params"], "state_bytes_per_device": per_device,
             "flops_per_token": run.info["flops_per_token"], "inner": inner, "syncs": events,
@@ -129,7 +143,7 @@ def timeline(cfg, exp, steps: int | None = None):
     """The simulated schedule of a run (its scheme's plans on the island clock), as timeline events, with
     the clock's summary last; nothing is allocated, compiled or trained."""
     run = build(cfg, exp, purpose="compile")
-    clock = IslandClock(cfg, run.scheme.ledger(), run.scheme.overlap_steps(), Progress())
+    clock = run.scheme.make_clock(cfg, Progress())
     events = []
     for step in range(1, (steps or cfg.max_steps) + 1):
         events += clock.advance(run.scheme.plan(clock.clock(step)))

@@ -25,7 +25,12 @@ def plan_bytes(scheme_ledger: dict, plan: Plan, key: str = "payload") -> float:
     """Bytes one island sends for a plan: its step's events and, when the sync takes place, its groups."""
     table = scheme_ledger if key == "payload" else scheme_ledger["wire"]
     sent = sum(table["step"].get(e, 0) for e in plan.events)
-    return sent + (sum(table["sync"][g] for g in plan.groups) if plan.weights is not None else 0)
+    return sent + sum(sum(table["sync"][g] for g in s.groups) for s in plan.syncs if s.weights is not None)
+
+
+def _is_pull(sync) -> bool:
+    """An asynchronous island taking the outer model: the server sends it, no island does (jaximus/asynchrony.py)."""
+    return sync.exchange is not None and sync.exchange.kind == "pull"
 
 
 class Ledger:
@@ -43,14 +48,14 @@ class Ledger:
 
     def record(self, plan: Plan) -> None:
         """What a planned step sent: its inner step's events (sync DP's gradients on every step) as one
-        communication event, then its sync, which an island that dropped out of (weight 0) sent nothing for."""
+        communication event, then its syncs, which an island that dropped out of (weight 0) sent nothing for."""
         payload = sum(self.payload["step"].get(e, 0) for e in plan.events)
         if payload:
             self._send(payload, sum(self.wire["step"].get(e, 0.0) for e in plan.events),
                        [True] * len(self.progress.island_bytes))
-        if plan.groups and plan.weights is not None:
-            self._send(sum(self.payload["sync"][g] for g in plan.groups),
-                       sum(self.wire["sync"][g] for g in plan.groups), [w > 0 for w in plan.weights])
+        for sync in (s for s in plan.syncs if s.weights is not None and not _is_pull(s)):
+            self._send(sum(self.payload["sync"][g] for g in sync.groups),
+                       sum(self.wire["sync"][g] for g in sync.groups), [w > 0 for w in sync.weights])
 
     def metrics(self) -> dict:
         """Means over islands of what each has sent so far."""

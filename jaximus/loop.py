@@ -38,17 +38,18 @@ def advance(run, state, step: int):
     metrics = {"step": done, **{f"lr/{k}": float(f(step)) for k, f in run.schedules.items()}}
     if not all(plan.active):  # islands.local_steps: a slow island idles for the end of the round
         metrics["islands/active"] = "".join("1" if a else "0" for a in plan.active)
-    if plan.skipped:  # nobody attends: the sync is skipped
-        metrics.update({"outer/islands_present": 0, "outer/present": "0" * run.cfg.parallel.replica})
-    elif plan.groups:
-        state, sync_metrics = run.sync(state, plan.groups, plan.weights)
+    for sync in plan.syncs:  # an asynchronous scheme may run several: arrivals one by one, then pulls
+        if sync.weights is None:  # nobody attends: the sync is skipped
+            metrics.update({"outer/islands_present": 0, "outer/present": "0" * run.cfg.parallel.replica})
+            continue
+        state, sync_metrics = run.sync(state, sync.groups, sync.weights)
         if _serialize():
             jax.block_until_ready(state)
-        metrics.update(_sync_metrics(sync_metrics, plan.groups, run.scheme))
-        metrics.update({"outer/islands_present": sum(w > 0 for w in plan.weights),
-                        "outer/present": "".join("1" if w > 0 else "0" for w in plan.weights)})
+        if sync_metrics or "outer/lr" not in metrics:  # several syncs: the last that reports (a pull does not)
+            metrics.update(_sync_metrics(sync_metrics, plan.groups, sync.weights, run.scheme))
     run.ledger.record(plan)
     run.clock.advance(plan)
+    metrics.update(run.clock.step_metrics())
     metrics.update({"tokens": run.clock.tokens(run.perf["tokens_per_step"]), "time/sim_s": run.clock.now_s()})
     run.progress.step = done
     step_finished(done)
@@ -183,13 +184,14 @@ def _all_finite(state):
                               if jnp.issubdtype(x.dtype, jnp.floating)]))
 
 
-def _sync_metrics(sync_metrics, groups, scheme) -> dict:
+def _sync_metrics(sync_metrics, groups, weights, scheme) -> dict:
     out = {"outer/groups": ",".join(names(groups)), "outer/lr": scheme.outer_lr()}
     host = to_host(sync_metrics)
     if "drift" in host:
         out.update({"outer/drift": float(np.mean(host["drift"])), "outer/drift_max": float(np.max(host["drift"])),
                     "outer/pseudo_grad_norm": float(host["pseudo_grad_norm"][0])})
-    return out
+    return {**out, "outer/islands_present": sum(w > 0 for w in weights),
+            "outer/present": "".join("1" if w > 0 else "0" for w in weights)}
 
 
 def _summary(cfg, progress, clock, run) -> dict:

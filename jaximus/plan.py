@@ -48,6 +48,7 @@ class Clock:
     present: tuple[bool, ...]  # islands a sync after this step averages over
     active: tuple[bool, ...]  # islands that take this step
     shares: tuple[float, ...]  # each island's weight in a sync before the mean over those present
+    exchanges: tuple = ()  # an asynchronous schedule's arrivals and pulls after this step (jaximus/asynchrony.py)
 
     @classmethod
     def everyone(cls, step: int, max_steps: int, islands: int) -> "Clock":
@@ -58,23 +59,34 @@ class Clock:
     def last(self) -> bool:
         return self.step == self.max_steps
 
-    def plan(self, events=(), groups=()) -> "Plan":
-        """The Plan for this step: the scheme's events and due groups, with the islands' weights in a sync."""
-        groups = frozenset(groups)
-        n = sum(w for w, p in zip(self.shares, self.present, strict=True) if p)
-        weights = tuple(w / n if p else 0.0 for w, p in zip(self.shares, self.present, strict=True)) if groups and n else None
-        return Plan(self.step, frozenset(events), groups, weights, self.active)
+    def plan(self, events=(), groups=(), syncs=None) -> "Plan":
+        """The Plan for this step: the scheme's events and due groups, with the islands' weights in a sync.
+
+        An asynchronous scheme gives its syncs instead (several per step, each with its own weights)."""
+        if syncs is None:
+            groups = frozenset(groups)
+            n = sum(w for w, p in zip(self.shares, self.present, strict=True) if p)
+            weights = tuple(w / n if p else 0.0 for w, p in zip(self.shares, self.present, strict=True)) if n else None
+            syncs = (Sync(groups, weights),) if groups else ()
+        return Plan(self.step, frozenset(events), tuple(syncs), self.active)
+
+
+class Sync(NamedTuple):
+    """One sync program's run after a step: the groups it exchanges, each island's weight (None: skipped,
+    nobody attends), and for the simulated clock what it is (an asynchronous scheme's arrivals and pulls)."""
+    groups: frozenset
+    weights: tuple[float, ...] | None
+    exchange: object = None  # jaximus.asynchrony.Exchange for an asynchronous scheme
 
 
 @dataclass(frozen=True)
 class Plan:
     step: int  # the inner step it plans, 1-based
     events: frozenset[Event]  # what the inner step does for the scheme
-    groups: frozenset[Group]  # what a sync after the step exchanges; empty: no sync
-    weights: tuple[float, ...] | None  # each island's weight in the sync's mean: its share over the present's, 0 if absent
+    syncs: tuple[Sync, ...]  # the sync programs that run after the step, in order; empty: no sync
     active: tuple[bool, ...]  # islands that take the step; an inactive one keeps its state and its data
 
     @property
-    def skipped(self) -> bool:
-        """A sync was due but no island attends it."""
-        return bool(self.groups) and self.weights is None
+    def groups(self) -> frozenset[Group]:
+        """Everything the step's syncs exchange."""
+        return frozenset().union(*(s.groups for s in self.syncs))

@@ -11,7 +11,7 @@ from outer_optimizers.registry import SCHEMES, Key, add_outer_config, check_sche
 
 # isort: off
 # each module registers its scheme on import; this order is the order outer.name's choices are listed in
-from outer_optimizers import sync, diloco, streaming, local_sgd, local_adam, desloc  # noqa: E402, F401
+from outer_optimizers import sync, diloco, streaming, local_sgd, local_adam, desloc, async_diloco  # noqa: E402, F401
 # isort: on
 
 

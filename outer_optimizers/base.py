@@ -5,11 +5,13 @@
         name: str
         keys: {"outer.x": Key(default, spec, meaning)}   # config keys it reads beyond the shared ones
         compressible: bool                        # feeds a mean pseudo-gradient to an outer step
+        asynchronous: bool                        # plans from a clock of its own (make_clock: jaximus/asynchrony.py)
         check(cfg) (classmethod)                  # settings it cannot honour, one line each, before JAX starts
         variant(cfg) -> class (classmethod)       # the class that runs this config (DiLoCo's eager updates)
         groups: tuple[Group, ...]                 # what a sync can exchange; fixed at construction
         __init__(outer_cfg, inner_tx, island, num_islands, compressor)   # island: one island's IslandState (shapes)
         init(params) -> OuterState                # one island's copy of the outer state
+        make_clock(cfg, progress) -> IslandClock  # who takes part in each step, and the simulated time
         plan(clock) -> Plan                       # the one schedule question: what this step does, what syncs after it
         grad_hook(grads) -> grads                 # (1) inside the inner step, on the gradients
         in_step(island, outer, step, events) -> (island, outer)   # (2) inside the inner step, after the update
@@ -21,7 +23,9 @@
 The schedule is data (jaximus/plan.py): before each inner step the loop hands the scheme a
 Clock (the step about to run, the last step, which islands take it, which a sync would hear from) and the scheme
 answers with a Plan, built by `clock.plan(events, groups)`: the Events its inner step does (say
-{Event("issue", 1)}) and the Groups a sync after it exchanges. Nothing else in the library decides
+{Event("issue", 1)}) and the Groups a sync after it exchanges. An asynchronous scheme's clock also
+lists the exchanges due after the step (arrivals, pulls, in simulated-time order), and the scheme
+answers with several syncs, `clock.plan(syncs=...)`, each with its own weights. Nothing else in the library decides
 when a scheme talks; the ledger prices the same values, inspect compiles them, and the checkpoint
 needs none of it (a plan is a function of the step). After the last step (`clock.last`) a scheme syncs
 whatever is pending, so the run's final evaluation reflects all of its compute. An island that does not
@@ -46,6 +50,7 @@ import jax.numpy as jnp
 import optax
 
 from jaximus import UserError
+from jaximus.clock import IslandClock
 from jaximus.compress import Compressor
 from jaximus.islands import island_mean, tree_bytes
 from jaximus.plan import Clock, Group, Plan
@@ -127,6 +132,7 @@ class Scheme:
     groups: tuple[Group, ...] = ()  # what a sync can exchange: params, mu (first moments), nu (second moments)
     keys: dict = {}  # config keys this scheme reads beyond the shared ones: {"outer.x": registry.Key}
     compressible = False  # feeds a mean pseudo-gradient to an outer optimizer, so outer.compress.* applies
+    asynchronous = False  # plans from its own clock (jaximus/asynchrony.py) rather than the lockstep one
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -154,6 +160,10 @@ class Scheme:
 
     def grad_hook(self, grads):
         return grads
+
+    def make_clock(self, cfg, progress) -> IslandClock:
+        """The clock the loop plans from: who takes part in each step, and the simulated time."""
+        return IslandClock(cfg, self.ledger(), self.overlap_steps(), progress)
 
     def plan(self, clock: Clock) -> Plan:
         return clock.plan()

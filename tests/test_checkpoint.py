@@ -13,6 +13,7 @@ from conftest import DILOCO, REGISTERED, ROOT, TINY, config_for
 
 from jaximus.build import load_config
 from jaximus.inspect import timeline
+from outer_optimizers import SCHEMES
 from train import main
 
 RUN = [*TINY, "max_steps=12", "eval.every=6", "outer.sync_every=3", "outer.first_moment_every=3",
@@ -50,18 +51,25 @@ TOPK_EF = ("outer.compress.format='topk'", "outer.compress.error_feedback=True",
 SPEEDS = ("islands.step_s=(1.0, 1.5, 2.0, 4.0)", "islands.jitter=0.3", "islands.straggler_prob=0.2")
 
 
-@pytest.mark.parametrize("scheme,mid_save,extra", [*((s, s == "diloco", ()) for s in REGISTERED),
+ASYNC_EXTRA = {  # asynchronous schemes resume with updates in flight, their optimizers and merges at work
+    "async_diloco": ("outer.optimizer='delayed_nesterov'", "outer.staleness='sqrt'", "outer.grace_s=0.5", *TOPK_EF),
+    "quorum_diloco": ("outer.quorum=2", "outer.grace_s=2.0")}
+
+
+@pytest.mark.parametrize("scheme,mid_save,extra", [*((s, s == "diloco", ASYNC_EXTRA.get(s, ())) for s in REGISTERED),
                                                    ("diloco", False, TOPK_EF),
                                                    ("diloco", False, ("islands.local_steps=(3, 3, 2, 1)",))])
 def test_sigkill_then_resume_is_exact(tmp_path, capsys, scheme, mid_save, extra):
     """A run under a speed model with jitter and stragglers, killed and resumed, trains bitwise like one in
     lockstep at equal speeds (the clock never reaches the math) and ends at the simulated time of the
-    dry run's schedule (the clock resumes exactly)."""
+    dry run's schedule (the clock resumes exactly). An asynchronous scheme's schedule is the speeds', so
+    its whole run has them too: killed after step 6, its islands are at different local steps, mid-round."""
     # streaming: H = 4, P = 2, tau = 1, so the checkpoint after step 6 holds fragment 1 taken but not yet issued
     outer = (f"outer.name='{scheme}'", *(["outer.sync_every=4"] if scheme == "streaming_diloco" else []), *extra)
     config = config_for(scheme)  # a fresh process knows a plug-in scheme through its own experiment
+    outer = (*outer, *SPEEDS) if SCHEMES[scheme].asynchronous else outer
     assert main(["--config", config, *RUN, *outer, f"run.out_dir='{tmp_path}'", "run.name='whole'"]) == 0
-    outer = (*outer, *SPEEDS)
+    outer = outer if SCHEMES[scheme].asynchronous else (*outer, *SPEEDS)
     proc = start(tmp_path, "killed", *outer, "checkpoint.every=1", config=config)
     ckpts = tmp_path / "killed" / "checkpoints"
     if mid_save:  # kill while an asynchronous save is being written
@@ -81,7 +89,7 @@ def test_sigkill_then_resume_is_exact(tmp_path, capsys, scheme, mid_save, extra)
     simulated = timeline(cfg, exp)[1]
     summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
     assert {k: summary[k] for k in simulated} == simulated and simulated["time/sim_s"] > 12
-    if extra == TOPK_EF:  # the error-feedback buffers are part of the state, and hold something
+    if "outer.compress.error_feedback=True" in extra:  # the error-feedback buffers are part of the state, and hold something
         state = ocp.StandardCheckpointer().restore(tmp_path / "killed" / "checkpoints" / "12" / "state")
         assert any(np.any(e) for e in jax.tree.leaves(state["outer"]["buffers"]["error"]))
 

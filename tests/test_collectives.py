@@ -29,6 +29,9 @@ def test_ledger_equals_compiled_cross_island_bytes(nanochat, tiny_cfg, name):
         assert any(inner["ledger"] == 0 for inner in report["inner"])
         assert any(e["ledger"] > 0 for e in report["inner"] + report["syncs"])
     for event in report["syncs"]:
+        if event["groups"] == ["pull"]:  # an asynchronous island takes the outer model from its own copy
+            assert event["collectives"] == 0 and event["ledger"] == 0, event
+            continue
         assert event["collectives"] >= 1 and event["hlo"] == event["ledger"] > 0, event
         assert event["hlo_wire"] == pytest.approx(event["ledger_wire"]) == 1.5 * event["ledger"]  # ring, R = 4
     if name == "desloc":  # params every 4, first moments every 12, second every 24

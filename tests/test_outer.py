@@ -140,7 +140,7 @@ def test_sync_schedules(tiny_cfg):
     assert not due(make_scheme(tiny_cfg("outer.name='sync'"), tx, island, 4), 5, last_step=5)
     dropped = Clock(3, 100, (True, False, True, False), (True,) * 4, (1.0,) * 4).plan(groups={PARAMS})
     nobody = Clock(3, 100, (False,) * 4, (True,) * 4, (1.0,) * 4)
-    assert dropped.weights == (0.5, 0.0, 0.5, 0.0) and nobody.plan(groups={PARAMS}).skipped
+    assert dropped.syncs[0].weights == (0.5, 0.0, 0.5, 0.0) and nobody.plan(groups={PARAMS}).syncs[0].weights is None
 
 
 def test_islands_start_identical(nanochat, tiny_cfg):
@@ -275,7 +275,8 @@ def test_present_islands_seeded():
     assert draws == [present_islands(7, s, 4, 0.5) for s in range(1, 200)]  # a resumed run drops the same ones
     assert 1.5 < np.mean([sum(d) for d in draws]) < 2.5 and any(not any(d) for d in draws)  # about half; sometimes nobody
     plans = [Clock(s, 200, d, (True,) * 4, (1.0,) * 4).plan(groups={PARAMS}) for s, d in enumerate(draws, 1)]
-    assert all(abs(sum(p.weights) - 1) < 1e-12 for p in plans if not p.skipped)  # a mean over those present
+    weights = [p.syncs[0].weights for p in plans]
+    assert all(abs(sum(w) - 1) < 1e-12 for w in weights if w is not None)  # a mean over those present
 
 
 def test_a_plug_in_scheme_clips_the_outer_step_as_its_rule_says(nanochat, tiny_cfg, tmp_path):

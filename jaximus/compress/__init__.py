@@ -132,7 +132,9 @@ class Compressor:
         mean, sent = exchange(c, share, key)
         R = num_islands()
         mean = [m / R for m in mean] if divide else mean  # as pmean: sum, then divide
-        return mean, [x - s for x, s in zip(c, sent)] if self.error_feedback else errors
+        if not self.error_feedback:
+            return mean, errors
+        return mean, [jnp.where(share > 0, x - s, e) for x, s, e in zip(c, sent, errors)]  # an absent island sent nothing
 
     def _rounding_key(self, key, stage: int):
         """Stochastic rounding differs per island and stage; None rounds to nearest."""
