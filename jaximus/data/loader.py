@@ -158,8 +158,10 @@ class TrainLoader:
         self.islands, self.slots = list(islands), island_slots
         self._positions = [self._position(slots) for slots in island_slots]
         self._queues = [queue.Queue(maxsize=max(1, prefetch)) for _ in island_slots]
-        self._blank, self._error = None, None
-        self._stop = threading.Event()
+        # an idle island's rows: zeros shaped like its slots' rows (int32, seq_len + 1 tokens each)
+        self._blank = np.zeros((len(island_slots[0]), island_slots[0][0].row_tokens), np.int32) if island_slots else None
+        self._error = None
+        self._stop, self._taken = threading.Event(), threading.Condition()
         self._thread = threading.Thread(target=self._produce, daemon=True)
         self._thread.start()
 
@@ -173,8 +175,9 @@ class TrainLoader:
                 ready = [(q, slots) for q, slots in zip(self._queues, self.slots) if not q.full()]
                 for q, slots in ready:  # only this thread puts, so a queue with room keeps it
                     q.put((np.stack([s.next_row() for s in slots]), self._position(slots)))
-                if not ready:
-                    self._stop.wait(0.002)  # every island is prefetched: wait for a step to take some
+                if not ready:  # every island is prefetched: sleep until a step takes some, or close
+                    with self._taken:
+                        self._taken.wait_for(lambda: self._stop.is_set() or not all(q.full() for q in self._queues))
         except BaseException as e:  # surfaced on the consumer's next call
             self._error = e
 
@@ -192,7 +195,8 @@ class TrainLoader:
         for i, island in enumerate(self.islands):
             if active is None or active[island]:
                 rows[i], self._positions[i] = self._get(i)
-                self._blank = np.zeros_like(rows[i]) if self._blank is None else self._blank
+        with self._taken:
+            self._taken.notify()
         return np.stack([self._blank if r is None else r for r in rows])
 
     def __next__(self) -> np.ndarray:
@@ -207,6 +211,8 @@ class TrainLoader:
 
     def close(self):
         self._stop.set()
+        with self._taken:
+            self._taken.notify()
 
 
 def split_positions(position: list[int], num_slots: int) -> list[list[int]]:
