@@ -6,8 +6,9 @@
 
 Each row also times the run's data loader alone against the step. Each mesh runs in its own process
 (the fake device count is fixed per process). With --peer, the PyTorch peer
-(bench/torch_gpt_peer.py) runs between them at the same shapes, fp32 and bf16, so ratios come
-from one sitting.
+(bench/torch_gpt_peer.py) runs between them at the same shapes, fp32 and bf16, and for every mesh of R > 1
+islands the island-simulating peer (bench/torch_islands_peer.py: R processes, each its own model copy and
+optimizers, averaged every H, as exo gym simulates nodes), so ratios come from one sitting.
 """
 import argparse
 import json
@@ -23,6 +24,7 @@ from jaximus import UserError
 from jaximus.cli import ArgumentParser
 
 PEER = Path(__file__).resolve().parents[1] / "bench" / "torch_gpt_peer.py"  # --peer-script overrides
+ISLANDS_PEER = PEER.with_name("torch_islands_peer.py")
 
 
 def _timed(fn, steps: int) -> tuple[float, float]:
@@ -109,7 +111,8 @@ def measure(config_path: str, overrides: list[str], steps: int) -> dict:
     ns = newton_schulz_flops(cfg, exp)
     return {"ns_flops_per_island": ns, "flops_rate_with_optimizer": (fpt * B * T + R * ns) / step_s,
             "impl": "jaximus", "mesh": f"{R}x{cfg.parallel.fsdp}", "dtype": cfg.model.compute_dtype,
-            "depth": cfg.model.depth, "tokens_per_sec": B * T / step_s, "step_s": step_s, "compile_s": first - step_s,
+            "depth": cfg.model.depth, "seq": T, "batch": B, "vocab": V, "sync_every": every,
+            "tokens_per_sec": B * T / step_s, "step_s": step_s, "compile_s": first - step_s,
             "first_step_s": first, "mfu": mfu(fpt, B * T / step_s, run.perf["peak"]), "flops_per_token": fpt,
             "peak_flops": run.perf["peak"], "phases_s": phases, "sync_s": sync_s, "sync_groups": names(groups),
             "eval_s": eval_s, "eval_tokens": n * B * T,
@@ -158,17 +161,39 @@ def _peer(python: str, script: str, cfg_overrides: list, amp: str, steps: int) -
             "step_s": stats["step_s"], "compile_s": stats["compile_overhead_s"], "mfu": None}
 
 
+def _islands_peer(python: str, r: dict, amp: str, ns_dtype: str | None) -> dict:
+    """The island-simulating peer at a jaximus row's shapes: R processes, rounds of H steps and one sync."""
+    R = int(r["mesh"].split("x")[0])
+    cmd = [python, str(ISLANDS_PEER), "--islands", str(R), "--sync-every", str(r["sync_every"]), "--depth",
+           str(r["depth"]), "--seq", str(r["seq"]), "--batch", str(r["batch"]), "--vocab", str(r["vocab"]),
+           "--compile", "--amp", amp, "--json", *(["--ns-dtype", ns_dtype] if ns_dtype else [])]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise UserError(f"--peer {python}: the island-simulating peer failed: {_last_line(out)}")
+    stats = json.loads(out.stdout.strip().splitlines()[-2])
+    return {"impl": "torch islands peer", "mesh": f"{R} procs", "dtype": amp, "depth": r["depth"],
+            "tokens_per_sec": stats["island_tokens_per_sec"], "step_s": stats["step_s"], "sync_s": stats["sync_s"],
+            "compile_s": 0.0, "mfu": None, "islands": R}
+
+
+def with_syncs(r: dict) -> float:
+    """Island-tokens/s over whole rounds: H inner steps and one sync program."""
+    H = r.get("sync_every") or 1
+    return r["tokens_per_sec"] * H * r["step_s"] / (H * r["step_s"] + (r.get("sync_s") or 0.0))
+
+
 def _row(r: dict) -> str:
     mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
     phases = r.get("phases_s") or {}
     fwd, fb = phases.get("forward"), phases.get("forward+backward")
     split = f"{1e3 * fwd:6.0f} {1e3 * (fb - fwd):6.0f} {1e3 * (r['step_s'] - fb):6.0f}" if fwd else f"{'-':>6} " * 3
     sync = f"{r['sync_s'] / r['step_s']:5.2f}" if r.get("sync_s") else "    -"
+    rounds = with_syncs(r) if r["impl"] == "jaximus" else r["tokens_per_sec"]
     evals = f"{r['eval_s'] / r['eval_at_step_mfu_s']:5.2f}" if r.get("eval_s") else "    -"
     rss = f"{r['peak_rss_bytes'] / 2**20:7,.0f}" if r.get("peak_rss_bytes") else "      -"
     data = f"{r['loader_tokens_per_sec'] / r['tokens_per_sec']:6.0f}x" if r.get("loader_tokens_per_sec") else "      -"
     rate = f"{r['flops_rate_with_optimizer'] / 1e9:8.0f}" if r.get("flops_rate_with_optimizer") else "       -"
-    return (f"{r['impl']:22} {r['mesh']:6} {r.get('depth', '-'):>5} {r['dtype']:9} {r['tokens_per_sec']:9,.0f} "
+    return (f"{r['impl']:22} {r['mesh']:6} {r.get('depth', '-'):>5} {r['dtype']:9} {r['tokens_per_sec']:9,.0f} {rounds:9,.0f} "
             f"{1e3 * r['step_s']:8.0f} {mfu:>6} {rate} {split} {r['compile_s']:8.1f} {sync} {evals} {rss} {data}")
 
 
@@ -191,6 +216,15 @@ def summary(rows: list[dict]) -> list[str]:
                 ours = tps(impl="jaximus", mesh=mesh, dtype=dtype, depth=depth)
                 if ours and peer:
                     lines.append(f"{mesh} vs the PyTorch peer, {dtype}, depth {depth}: {ours / peer:.2f}x tokens/s")
+            amp = "none" if dtype == "float32" else "bf16"
+            for mesh in sorted({r["mesh"] for r in rows if r["impl"] == "jaximus"} - {"1x1"}):
+                ours = [with_syncs(r) for r in rows if r["impl"] == "jaximus" and (r["mesh"], r["dtype"], r["depth"]) ==
+                        (mesh, dtype, depth)]
+                theirs = [r["tokens_per_sec"] for r in rows if r["impl"] == "torch islands peer" and
+                          (r["islands"], r["dtype"], r["depth"]) == (int(mesh.split("x")[0]), amp, depth)]
+                if ours and theirs:
+                    lines.append(f"{mesh} vs the island-simulating peer, {dtype}, depth {depth}: "
+                                 f"{statistics.median(ours) / statistics.median(theirs):.2f}x island-tokens/s, syncs included")
     return lines
 
 
@@ -238,19 +272,28 @@ def run_benchmark(args, overrides: list[str]) -> None:
                                                      f"model.compute_dtype={dtype}", f"model.depth={depth}", *overrides],
                                        args.steps))
                     print(json.dumps(rows[-1]), flush=True)
+                    if args.peer and rows[-1]["mesh"].split("x")[0] != "1":
+                        rows.append(_islands_peer(args.peer, rows[-1], "none" if dtype == "float32" else "bf16",
+                                                  args.ns_dtype))
+                        print(json.dumps(rows[-1]), flush=True)
                 if args.peer:
-                    peer_args = ["--depth", depth, "--seq", "256", "--batch", "16", "--vocab", "8192",
+                    shapes = next(r for r in reversed(rows) if r["impl"] == "jaximus")
+                    peer_args = ["--depth", depth, "--seq", str(shapes["seq"]), "--batch", str(shapes["batch"]),
+                                 "--vocab", str(shapes["vocab"]),
                                  *(["--ns-dtype", args.ns_dtype] if args.ns_dtype else [])]
                     rows.append({**_peer(args.peer, args.peer_script, peer_args, "none" if dtype == "float32" else "bf16",
                                          args.steps), "depth": int(depth)})
                     print(json.dumps(rows[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
-    print(f"\n{'impl':22} {'mesh':6} {'depth':>5} {'dtype':9} {'tokens/s':>9} {'step ms':>8} {'MFU':>6} {'GFLOP/s':>8} "
-          f"{'fwd ms':>6} {'bwd ms':>6} {'opt ms':>6} {'compile':>8} {'sync':>5} {'eval':>5} {'RSS MiB':>7} {'loader':>7}")
+    print(f"\n{'impl':22} {'mesh':6} {'depth':>5} {'dtype':9} {'tokens/s':>9} {'round t/s':>9} {'step ms':>8} {'MFU':>6} "
+          f"{'GFLOP/s':>8} {'fwd ms':>6} {'bwd ms':>6} {'opt ms':>6} {'compile':>8} {'sync':>5} {'eval':>5} {'RSS MiB':>7} "
+          f"{'loader':>7}")
     for r in rows:
         print(_row(r))
-    print("(MFU: model FLOPs over the matmul peak measured in the same process; GFLOP/s: model FLOPs plus every "
+    print("(round t/s: tokens/s over whole rounds, H inner steps and one sync; the island-simulating peer's rows "
+          "are its island-tokens/s over its timed rounds; MFU: model FLOPs over the matmul peak measured in the same "
+          "process; GFLOP/s: model FLOPs plus every "
           "island's Newton-Schulz FLOPs per second; opt: the step minus forward and backward; sync: one sync program "
           "in inner steps; eval: an evaluation of eval.tokens over its forward FLOPs at the step's rate; loader: the "
           "run's data loader alone, its tokens/s over the step's)")

@@ -1,7 +1,7 @@
 """The benchmark's figures, at the tiny size: every one it reports is there and consistent (not timed)."""
 from conftest import ROOT, TINY
 
-from jaximus.bench import measure, summary
+from jaximus.bench import measure, summary, with_syncs
 
 DILOCO = str(ROOT / "experiments" / "diloco_nanochat" / "config.py")
 
@@ -19,6 +19,13 @@ def test_measure_reports_step_phases_sync_eval_and_memory():
     peer = {"impl": "torch peer (compiled)", "dtype": "none", "depth": 2, "tokens_per_sec": r["tokens_per_sec"]}
     assert summary([*rows, peer])[1:] == ["1x1 vs the PyTorch peer, float32, depth 2: 2.00x tokens/s",
                                           "4x2 vs the PyTorch peer, float32, depth 2: 1.00x tokens/s"]
+    # the island-simulating peer runs at the row's own shapes and is compared over whole rounds, syncs included
+    assert (r["seq"], r["batch"], r["sync_every"]) == (32, 16, 2)
+    assert abs(with_syncs(r) - 16 * 32 * 2 / (2 * r["step_s"] + r["sync_s"])) < 1e-6 * with_syncs(r)
+    islands = {"impl": "torch islands peer", "dtype": "none", "depth": 2, "islands": 4,
+               "tokens_per_sec": with_syncs(r) / 2}
+    assert summary([*rows, islands])[1:] == ["4x2 vs the island-simulating peer, float32, depth 2: "
+                                             "2.00x island-tokens/s, syncs included"]
 
 
 def test_newton_schulz_flops_count_every_muon_matrix(nanochat, tiny_cfg):
