@@ -3,7 +3,8 @@
     python -m jaximus.launch --processes 2 -- train.py --config experiments/diloco_nanochat/config.py [key=value ...]
 
 Each process gets `distributed.coordinator/num_processes/process_id` appended to its arguments (so it
-brings 1/N of the fake CPU devices); output is merged line by line with a `[pN]` prefix. The launcher
+brings 1/N of the fake CPU devices); output is merged line by line with a `[pN]` prefix, without Gloo's
+connection notices (printed by jaxlib's C++ for every collective group). The launcher
 returns the first non-zero exit code; when one process fails, the others are stopped (SIGTERM, then
 SIGKILL after --grace seconds) so nothing waits on a dead peer.
 """
@@ -16,6 +17,17 @@ import threading
 import time
 
 from jaximus.cli import ArgumentParser
+
+# jaxlib's Gloo prints "[Gloo] Rank R is connected to N peer ranks. Expected number of connected peer ranks
+# is : N" in pieces from several threads, so halves of two notices interleave within a line: drop each piece
+GLOO_PIECES = re.compile(rb"\[Gloo\] Rank \d*|"
+                         rb"\d* is connected to \d+ peer ranks\. Expected number of connected peer ranks is : \d+")
+
+
+def without_gloo_notices(line: bytes) -> bytes | None:
+    """The line without Gloo's connection notices; None when nothing else was on it."""
+    kept = GLOO_PIECES.sub(b"", line)
+    return None if kept != line and not kept.strip() else kept
 
 
 def free_port() -> int:
@@ -63,7 +75,8 @@ class Launch:
             pending += chunk
             *pieces, pending = re.split(rb"(\r|\n)", pending)
             for text, end in zip(pieces[::2], pieces[1::2]):
-                if end == b"\n" or self.progress_tty:
+                text = without_gloo_notices(text)
+                if text is not None and (end == b"\n" or self.progress_tty):
                     self.emit(pid, text.decode(errors="replace"), "\n" if end == b"\n" else "\r")
         if pending:
             self.emit(pid, pending.decode(errors="replace"), "\n")

@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import ROOT, TINY
 
-from jaximus.launch import free_port
+from jaximus.launch import free_port, without_gloo_notices
 from train import main as train_main
 
 DILOCO = "experiments/diloco_nanochat/config.py"
@@ -56,9 +56,20 @@ def test_two_processes_log_what_one_process_logs(scheme, two_process_runs, tmp_p
         if not mesh:
             assert [a.get(k) for k in ("comm/cross_island_bytes", "comm/syncs")] == \
                 [b.get(k) for k in ("comm/cross_island_bytes", "comm/syncs")]
-    assert "[p0] jaximus: done" in stdout
+    assert "[p0] jaximus: done" in stdout and "Gloo" not in stdout
     said = [line for line in stdout.splitlines() if line.startswith("[p1]") and "jaximus" in line]
     assert len(said) == 1 and "process 1 of 2 joining 127.0.0.1:" in said[0]  # and nothing after it
+
+
+def test_gloo_notices_are_dropped_even_when_two_interleave():
+    """Lines as a two-process launch printed them: jaxlib writes each notice in pieces from several threads."""
+    notice = b" is connected to 1 peer ranks. Expected number of connected peer ranks is : 1"
+    bar = b"diloco_nanochat:   0%|          | 0/2 [00:00<?, ?it/s]"
+    assert without_gloo_notices(b"[Gloo] Rank 1[Gloo] Rank 0" + notice) is None
+    assert without_gloo_notices(notice) is None
+    assert without_gloo_notices(b"[Gloo] Rank " + b"3" + notice.replace(b"1", b"3")) is None
+    assert without_gloo_notices(bar + b"[Gloo] Rank 1" + notice) == bar
+    assert without_gloo_notices(b"") == b"" and without_gloo_notices(b"jaximus: done | 3 syncs") == b"jaximus: done | 3 syncs"
 
 
 def test_a_two_process_run_resumes_exactly(two_process_runs, tmp_path):
