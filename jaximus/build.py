@@ -42,6 +42,7 @@ from jaximus.pretrained import with_pretrained
 from jaximus.schema import SCHEMA
 from jaximus.state import IslandState, Progress, TrainState, make_init, shard_state
 from jaximus.step import make_eval_step, make_objective, make_sync_step, make_train_step
+from jaximus.warm_start import check_start_from, with_start
 from outer_optimizers import SCHEMES, check_scheme, make_scheme, outer_schema
 
 PURPOSES = ("train", "measure", "compile")
@@ -57,6 +58,7 @@ def load_config(config_path: str, overrides: list[str]):
     getattr(exp["config"], "check_config", lambda c: None)(cfg)
     check_distributed(cfg)
     check_islands(cfg)
+    check_start_from(cfg)
     return cfg, exp
 
 
@@ -238,7 +240,8 @@ def _for_training(cfg, exp, run_dir, resuming, nats_fn, allocate, abstract, part
         progress = Progress.from_meta(meta["progress"])
         say(f"jaximus: resuming from step {progress.step} ({run_dir / 'checkpoints'})")
     else:
-        state, progress = with_pretrained(cfg, exp["model"], allocate(), parts["shardings"]), Progress()
+        state = with_pretrained(cfg, exp["model"], allocate(), parts["shardings"])
+        state, progress = with_start(cfg, state, parts["shardings"]), Progress()
     islands = local_islands(mesh)
     if isinstance(data, Objective):
         positions = [progress.positions[r] for r in islands] if progress.positions else None

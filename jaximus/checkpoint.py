@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaximus import UserError, first_line
@@ -20,7 +21,8 @@ from jaximus.schema import flatten
 
 # Keys whose change alters the state's shapes or the data order: a resumed run must keep them.
 FROZEN_PREFIXES = ("seed", "model.", "data.", "parallel.", "outer.name", "outer.optimizer", "outer.fragment",
-                   "outer.overlap_steps", "outer.eager", "outer.compress.format", "outer.compress.error_feedback")
+                   "outer.overlap_steps", "outer.eager", "outer.compress.format", "outer.compress.error_feedback",
+                   "run.start_from")
 FREE_KEYS = ("data.prefetch", "data.cache_dir")
 SCHEDULE_KEY = "optimizer.schedule_steps"
 
@@ -120,6 +122,23 @@ class Checkpointer:
     def close(self) -> None:
         self.wait()
         self.manager.close()
+
+
+def global_params(state: dict) -> dict:
+    """One island's copy of the model evaluation scores: the outer parameters, or the islands' own."""
+    params = state.get("outer", {}).get("params") or state["islands"]["params"]
+    return jax.tree.map(lambda x: np.asarray(x)[0], params)
+
+
+def restore_numpy(path: Path) -> dict:
+    """A saved TrainState as host numpy arrays, whatever devices wrote it."""
+    import absl.logging
+    absl.logging.set_verbosity(absl.logging.ERROR)  # our checkpoints have no orbax _CHECKPOINT_METADATA file
+    checkpointer = ocp.PyTreeCheckpointer()
+    metadata = checkpointer.metadata(path.resolve()).item_metadata
+    tree = getattr(metadata, "tree", metadata)
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(path.resolve(), args=ocp.args.PyTreeRestore(restore_args=args))
 
 
 def clear(directory: Path) -> None:

@@ -11,10 +11,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import jax
-import numpy as np
-
 from jaximus import UserError, first_line
+from jaximus.checkpoint import global_params, restore_numpy
 from jaximus.cli import ArgumentParser
 from jaximus.config import load_experiment
 from jaximus.files import read_json
@@ -24,24 +22,6 @@ from jaximus.pretrained import save_checkpoint
 def _namespace(d):
     return SimpleNamespace(**{k: _namespace(v) if isinstance(v, dict) and k != "rope_scaling" else v
                               for k, v in d.items()})
-
-
-def global_params(state: dict) -> dict:
-    """One island's copy of the model evaluation scores: the outer parameters, or the islands' own."""
-    params = state.get("outer", {}).get("params") or state["islands"]["params"]
-    return jax.tree.map(lambda x: np.asarray(x)[0], params)
-
-
-def restore_numpy(path: Path) -> dict:
-    """A saved TrainState as host numpy arrays, whatever devices wrote it."""
-    import absl.logging
-    import orbax.checkpoint as ocp
-    absl.logging.set_verbosity(absl.logging.ERROR)  # our checkpoints have no orbax _CHECKPOINT_METADATA file
-    checkpointer = ocp.PyTreeCheckpointer()
-    metadata = checkpointer.metadata(path.resolve()).item_metadata
-    tree = getattr(metadata, "tree", metadata)
-    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    return checkpointer.restore(path.resolve(), args=ocp.args.PyTreeRestore(restore_args=args))
 
 
 def export(run_dir, out, step: int | None = None) -> list[Path]:

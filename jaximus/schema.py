@@ -132,6 +132,8 @@ SCHEMA = {  # the run's keys (an experiment's config.py sets their defaults)
     "run.name": text(meaning="this run's directory under run.out_dir"),
     "run.resume": integer(0, also=("auto", "fresh"), meaning="auto: from the newest checkpoint; fresh: start over; "
                           "a step: rewind to it"),
+    "run.start_from": text(optional=True, meaning="a run directory (its newest checkpoint) or <run>/checkpoints/<step>: "
+                           "a fresh run starts every island from its weights (same model.* keys)"),
     "checkpoint.every": integer(1, meaning="inner steps between checkpoints (and one at the end)"),
     "checkpoint.keep": integer(1, meaning="checkpoints kept"),
     "log.every": integer(1, meaning="inner steps between rows of metrics.jsonl (and wandb)"),

@@ -86,7 +86,7 @@ def test_continued_pretraining_then_export_round_trips(tmp_path, capsys):
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), shapes)
     single = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
     back = load_params(str(out), exp["model"].pretrained_sources(cfg), abstract, single)
-    from jaximus.export import global_params, restore_numpy
+    from jaximus.checkpoint import global_params, restore_numpy
     trained = global_params(restore_numpy(tmp_path / "cpt" / "checkpoints" / "2" / "state"))
     for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(back), strict=True):
         np.testing.assert_array_equal(a, np.asarray(b)[0])

@@ -95,7 +95,7 @@ def test_a_toy_run_rewound_replays_exactly(tmp_path, scheme):
 
 
 def _restore(run_dir, step):
-    from jaximus.export import restore_numpy
+    from jaximus.checkpoint import restore_numpy
     return restore_numpy(run_dir / "checkpoints" / str(step) / "state")
 
 

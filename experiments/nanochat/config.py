@@ -89,6 +89,7 @@ def add_run_config(c) -> sws.Config:
     c.run.out_dir = "runs"
     c.run.name = "nanochat"
     c.run.resume = "auto"  # auto: continue from the latest checkpoint; fresh: start over; or a step number
+    c.run.start_from = None  # another run's weights to start from (jaximus/warm_start.py)
     c.checkpoint.every = 20
     c.checkpoint.keep = 2
     c.log.every = 1

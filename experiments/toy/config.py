@@ -43,6 +43,7 @@ def get_config() -> sws.Config:
     c.run.out_dir = "runs"
     c.run.name = "toy"
     c.run.resume = "auto"
+    c.run.start_from = None
     c.checkpoint.every = 20
     c.checkpoint.keep = 2
     c.log.every = 1
