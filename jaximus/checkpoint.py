@@ -124,6 +124,16 @@ class Checkpointer:
         self.manager.close()
 
 
+def saved_step(run_dir: Path, step: int | None, asked: str) -> tuple[int, list[int]]:
+    """(the checkpoint to read, every saved step) of a finished or running run: `step`, or the newest; one line
+    starting with `asked` (the key or flag that named it) when there is none."""
+    steps = sorted(int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit())
+    if not steps or (step is not None and step not in steps):
+        raise UserError(f"{asked}: no checkpoint{'' if step is None else f' at step {step}'} in "
+                        f"{run_dir / 'checkpoints'} (have {steps or 'none'})")
+    return steps[-1] if step is None else step, steps
+
+
 def global_params(state: dict) -> dict:
     """One island's copy of the model evaluation scores: the outer parameters, or the islands' own."""
     params = state.get("outer", {}).get("params") or state["islands"]["params"]

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from jaximus import UserError, first_line
-from jaximus.checkpoint import global_params, restore_numpy
+from jaximus.checkpoint import global_params, restore_numpy, saved_step
 from jaximus.cli import ArgumentParser
 from jaximus.config import load_experiment
 from jaximus.files import read_json
@@ -35,11 +35,7 @@ def export(run_dir, out, step: int | None = None) -> list[Path]:
     if not hasattr(model, "pretrained_config"):
         raise UserError(f"{run_dir}: its experiment ({saved['resolved']['experiment']}) has no Hugging Face "
                         "architecture; export runs of experiments/llama or experiments/gpt2")
-    steps = sorted(int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit())
-    if not steps or (step is not None and step not in steps):
-        raise UserError(f"{run_dir / 'checkpoints'}: no checkpoint {'at step ' + str(step) if step is not None else ''}"
-                        f"(have {steps or 'none'})")
-    step = steps[-1] if step is None else step
+    step, steps = saved_step(run_dir, step, "python -m jaximus.export")
     try:
         state = restore_numpy(run_dir / "checkpoints" / str(step) / "state")
     except Exception as e:  # orbax, tensorstore: whatever a damaged checkpoint raises

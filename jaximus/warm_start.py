@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from jaximus import UserError, first_line
-from jaximus.checkpoint import global_params, restore_numpy
+from jaximus.checkpoint import global_params, restore_numpy, saved_step
 from jaximus.files import read_json
 from jaximus.schema import flatten
 from jaximus.state import IslandState, OuterState
@@ -29,11 +29,7 @@ def start_point(start_from: str) -> tuple[Path, int]:
     if not (run_dir / "config.json").is_file():
         raise UserError(f"run.start_from={start_from}: no config.json in {run_dir}; give a run directory that "
                         "train.py wrote, or one of its checkpoints (<run>/checkpoints/<step>)")
-    steps = sorted(int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit())
-    if not steps or (step is not None and step not in steps):
-        raise UserError(f"run.start_from={start_from}: no checkpoint{'' if step is None else f' at step {step}'} in "
-                        f"{run_dir / 'checkpoints'} (have {steps or 'none'})")
-    return run_dir, steps[-1] if step is None else step
+    return run_dir, saved_step(run_dir, step, f"run.start_from={start_from}")[0]
 
 
 def check_start_from(cfg) -> None:
