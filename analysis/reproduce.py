@@ -42,14 +42,37 @@ def run_name(label: str, seed: int) -> str:
     return label if seed == SEEDS[0] else f"{label}_seed-{seed}"
 
 
-def points_of(rep: Reproduction, overrides: list[str], seeds: int | None) -> list[dict]:
-    """Sweep points: SIZE, then the user's overrides, then the point's own keys and seed."""
+def points_of(rep: Reproduction, overrides: list[str], seeds: int | None, runs_dir: Path) -> list[dict]:
+    """Sweep points: SIZE, then the user's overrides, then the point's own keys and seed (and the run it starts
+    from, in runs_dir); `stage` 1 for a point that starts from another's run, so it runs after them."""
     varied = {o.partition("=")[0] for o in overrides} & set(rep.keys)
     if varied:
         raise UserError(f"{', '.join(sorted(varied))}: {rep.name} varies this key across its points; leave it out")
+
+    def start(p: Point, s: int) -> list[str]:
+        return [f"run.start_from={(runs_dir / run_name(p.start_from, s)).resolve()}"] if p.start_from else []
+
     # the point's keys before the user's: a user's max_steps (say) sizes every point alike
-    return [{"name": run_name(p.label, s), "overrides": [*SIZE, *p.overrides, *overrides, f"seed={s}"]}
-            for p in rep.points for s in seeds_of(p, seeds)]
+    return [{"name": run_name(p.label, s), "overrides": [*SIZE, *p.overrides, *overrides, f"seed={s}", *start(p, s)],
+             "stage": int(bool(p.start_from))} for p in rep.points for s in seeds_of(p, seeds)]
+
+
+def run_stages(runs_dir: Path, points: list[dict], inline: bool) -> int:
+    """The points that start from no other run, then (checked once those exist) the ones that start from them."""
+    for stage in (0, 1):
+        chosen = [{k: v for k, v in p.items() if k != "stage"} for p in points if p["stage"] == stage]
+        if not chosen:
+            continue
+        if stage:
+            try:
+                check_points(CONFIG, chosen)
+            except UserError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+        code = run_sweep(runs_dir, CONFIG, chosen, inline=inline)
+        if code:
+            return code
+    return 0
 
 
 @dataclass
@@ -122,10 +145,13 @@ def figure(rep: Reproduction, r: Results, path: Path, verdict: str) -> None:
     left.set(ylabel="final validation bits per byte")
     left.set_title("final bpb per point (seed range as error bars; best in green)", fontsize=8)
     left.legend(fontsize=7)
+    starts = {p.label: p.start_from for p in rep.points}
     for i, (label, runs) in enumerate(r.runs.items()):
         evals = runs[0].evals
         look = {**style(i), "linewidth": 2.5 if label == labels[best] else 1.2}
-        right.plot([e[rep.curve] for e in evals][1:], [e["val/bpb"] for e in evals][1:], label=label, **look)
+        # a point that starts from another's run continues its curve: its tokens follow that run's
+        offset = r.runs[starts[label]][0].evals[-1]["tokens"] if starts[label] and rep.curve == "tokens" else 0
+        right.plot([offset + e[rep.curve] for e in evals][1:], [e["val/bpb"] for e in evals][1:], label=label, **look)
     right.set(xlabel="simulated seconds" if rep.curve == "time/sim_s" else rep.curve, ylabel="validation bits per byte")
     right.set_title("validation bpb during training (first seed)", fontsize=8)
     right.grid(True, alpha=0.3)
@@ -147,7 +173,7 @@ def cpu_minutes(runs_dir: Path, names: list[str]) -> float | None:
 def report(rep: Reproduction, runs_dir: Path, out: Path, seeds: int | None, overrides: list[str]) -> dict:
     r = collect(rep, runs_dir, seeds)
     measured, verdict = rep.judge(r)
-    names = [p["name"] for p in points_of(rep, overrides, seeds)]
+    names = [p["name"] for p in points_of(rep, overrides, seeds, runs_dir)]
     minutes = cpu_minutes(runs_dir, names)
     out.mkdir(parents=True, exist_ok=True)
     every_run = [run for runs in r.runs.values() for run in runs]
@@ -216,13 +242,15 @@ def main(argv=None) -> int:
         tag = hashlib.sha1(" ".join(args.overrides).encode()).hexdigest()[:8] if args.overrides else "default"
         runs_dir = Path(args.runs or f"runs/reproduce/{tag}")
         out = Path(args.out or ("docs/reproductions" if tag == "default" else runs_dir / "results"))
-        plans = [(rep, check_points(CONFIG, points_of(rep, args.overrides, args.seeds))) for rep in chosen]
+        plans = [(rep, points_of(rep, args.overrides, args.seeds, runs_dir)) for rep in chosen]
+        for _, points in plans:  # a point that starts from another's run is checked once that run exists
+            check_points(CONFIG, [p for p in points if not p["stage"]])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for rep, points in plans:
         print(f"== {rep.name}: {rep.finding}", flush=True)
-        code = run_sweep(runs_dir, CONFIG, points, inline=args.inline)
+        code = run_stages(runs_dir, points, args.inline)
         if code:
             return code
         try:
