@@ -108,7 +108,9 @@ class Results:
 
 def collect(rep: Reproduction, runs_dir: Path, seeds: int | None) -> Results:
     runs = {p.label: [load_run(runs_dir / run_name(p.label, s)) for s in seeds_of(p, seeds)] for p in rep.points}
-    spreads = [max(b) - min(b) for b in ([r.evals[-1]["val/bpb"] for r in rs] for rs in runs.values()) if len(b) > 1]
+    starts = {p.start_from for p in rep.points}  # a run others start from is not compared: its spread is theirs
+    spreads = [max(b) - min(b) for b in ([r.evals[-1]["val/bpb"] for r in rs] for label, rs in runs.items()
+                                         if label not in starts) if len(b) > 1]
     return Results(runs, max(spreads, default=0.0))
 
 
