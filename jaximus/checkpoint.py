@@ -27,10 +27,15 @@ FREE_KEYS = ("data.prefetch", "data.cache_dir")
 SCHEDULE_KEY = "optimizer.schedule_steps"
 
 
+def changed_keys(a: dict, b: dict, prefixes: tuple[str, ...]) -> list[str]:
+    """The flat keys under `prefixes` whose values differ between two flat configs (a tuple equals its list)."""
+    keys = sorted(k for k in set(a) | set(b) if k.startswith(prefixes) and k not in FREE_KEYS)
+    return [k for k in keys if _norm(a.get(k)) != _norm(b.get(k))]
+
+
 def frozen_differences(saved: dict, current: dict) -> list[str]:
     a, b = flatten(saved), flatten(current)
-    keys = sorted(k for k in set(a) | set(b) if k.startswith(FROZEN_PREFIXES) and k not in FREE_KEYS)
-    return [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in keys if _norm(a.get(k)) != _norm(b.get(k))]
+    return [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in changed_keys(a, b, FROZEN_PREFIXES)]
 
 
 def schedule_length(flat: dict) -> int:
@@ -157,8 +162,9 @@ def clear(directory: Path) -> None:
         shutil.rmtree(directory)
 
 
-def _entries(directory: Path) -> list[Path]:
-    return list(directory.iterdir()) if directory.is_dir() else []
+def has_checkpoints(run_dir: Path) -> bool:
+    directory = run_dir / "checkpoints"
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def check_resume(cfg, run_dir: Path) -> bool:
@@ -166,7 +172,7 @@ def check_resume(cfg, run_dir: Path) -> bool:
     if cfg.run.resume == "fresh":
         return False
     saved = run_dir / "config.json"
-    if not saved.exists() or not any(p.name.isdigit() for p in _entries(run_dir / "checkpoints")):
+    if not saved.exists() or not has_checkpoints(run_dir):
         return False  # nothing to resume from: a run that stopped before its first save starts over
     saved = read_json(saved, f"restore it, or use run.resume=fresh to start {run_dir} over")
     changed = frozen_differences(saved, cfg.to_dict())

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from jaximus import UserError, first_line
-from jaximus.checkpoint import global_params, restore_numpy, saved_step
+from jaximus.checkpoint import changed_keys, global_params, has_checkpoints, restore_numpy, saved_step
 from jaximus.files import read_json
 from jaximus.schema import flatten
 from jaximus.state import IslandState, OuterState
@@ -34,28 +34,21 @@ def start_point(start_from: str) -> tuple[Path, int]:
 
 def check_start_from(cfg) -> None:
     """Before JAX starts: the run named exists, has the checkpoint, and has this run's model."""
-    start_from = cfg.run.start_from
-    own = Path(cfg.run.out_dir) / cfg.run.name / "checkpoints"
-    if not start_from or (cfg.run.resume != "fresh" and own.is_dir() and any(p.name.isdigit() for p in own.iterdir())):
+    start_from, here = cfg.run.start_from, Path(cfg.run.out_dir) / cfg.run.name
+    if not start_from or (cfg.run.resume != "fresh" and has_checkpoints(here)):
         return  # a run with checkpoints of its own resumes from them
     if getattr(cfg.model, "init_from", None):
         raise UserError("run.start_from and model.init_from both give the starting weights; set one of them")
     run_dir, _ = start_point(start_from)
-    here = (Path(cfg.run.out_dir) / cfg.run.name).resolve()
-    if run_dir.resolve() == here:
+    if run_dir.resolve() == here.resolve():
         raise UserError(f"run.start_from={start_from} is this run's own directory; a rerun resumes it without "
                         "run.start_from")
-    saved = flatten(read_json(run_dir / "config.json", "restore it, or start from another run").get("model", {}))
-    ours = flatten(cfg.to_dict()["model"])
-    differ = [f"model.{k} ({saved.get(k)!r} there, {ours.get(k)!r} here)" for k in sorted(set(saved) | set(ours))
-              if _norm(saved.get(k)) != _norm(ours.get(k))]
+    saved = flatten(read_json(run_dir / "config.json", "restore it, or start from another run"))
+    ours = flatten(cfg.to_dict())
+    differ = [f"{k} ({saved.get(k)!r} there, {ours.get(k)!r} here)" for k in changed_keys(saved, ours, ("model.",))]
     if differ:
         raise UserError(f"run.start_from={start_from}: its model differs from this run's: {'; '.join(differ)}; "
                         "start from a run of the same model")
-
-
-def _norm(v):
-    return list(v) if isinstance(v, tuple) else v
 
 
 def with_start(cfg, state, shardings):

@@ -23,19 +23,18 @@ def pretrained(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("start,at,islands", [("pre", 8, "parallel.replica=2"),
-                                              ("pre/checkpoints/4", 4, "parallel.replica=4")])
-def test_the_first_evaluation_scores_the_weights_started_from(pretrained, start, at, islands, capsys):
+@pytest.mark.parametrize("start,at,continued", [
+    ("pre", 8, ("outer.name=sync", "parallel.replica=2", "parallel.fsdp=4")),
+    ("pre/checkpoints/4", 4, ("outer.name=diloco", "parallel.replica=4", "parallel.fsdp=2"))])
+def test_the_first_evaluation_scores_the_weights_started_from(pretrained, start, at, continued, capsys):
     """DiLoCo pretrained on 4 islands; continued as sync DP or DiLoCo on another island count: its step-0
     evaluation is the evaluation the first run logged at the checkpoint's step, not a fresh initialization's."""
-    scheme = "outer.name=sync" if at == 8 else "outer.name=diloco"
-    fsdp = f"parallel.fsdp={8 // int(islands.split('=')[1])}"
-    assert main(["--config", DILOCO, *RUN, scheme, islands, fsdp, f"run.out_dir={pretrained}", f"run.name=go{at}",
+    assert main(["--config", DILOCO, *RUN, *continued, f"run.out_dir={pretrained}", f"run.name=go{at}",
                  f"run.start_from={pretrained / start}", "max_steps=2"]) == 0
     before, after = evals(pretrained / "pre"), evals(pretrained / f"go{at}")
     assert after[0] == pytest.approx(before[at], rel=1e-5) and abs(before[at] - before[0]) > 0.05
     # its checkpoints keep run.start_from: a rerun that names other weights is refused, not silently mixed
-    assert main(["--config", DILOCO, *RUN, scheme, islands, fsdp, f"run.out_dir={pretrained}", f"run.name=go{at}",
+    assert main(["--config", DILOCO, *RUN, *continued, f"run.out_dir={pretrained}", f"run.name=go{at}",
                  f"run.start_from={pretrained / 'pre' / 'checkpoints' / '6'}", "max_steps=2"]) == 2
     assert "changed: run.start_from" in capsys.readouterr().err
 
