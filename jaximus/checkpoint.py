@@ -5,6 +5,7 @@ ledger's totals, the evaluations so far and the resolved config. Orbax writes to
 and renames it when complete, so a run killed mid-save leaves the previous checkpoint intact.
 """
 import contextlib
+import copy
 import errno
 import logging
 import shutil
@@ -77,8 +78,11 @@ class Checkpointer:
             raise io_error(OSError(errno.ENOSPC, "No space left on device"), self.dir, needed)
         self.writing = needed  # what a failure in the writer threads (seen by wait) reports
         with self._failing_cleanly(needed):
+            # the metadata is written in the background too: snapshot it, or the run's next steps (which go on
+            # updating progress's lists in place) leak into this checkpoint
+            snapshot = copy.deepcopy(meta)
             self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                            meta=ocp.args.JsonSave(meta)), force=True)
+                                                            meta=ocp.args.JsonSave(snapshot)), force=True)
 
     @contextlib.contextmanager
     def _failing_cleanly(self, needed: int | None = None):
